@@ -1,0 +1,35 @@
+"""vllm-fleet: wires the stack config into components. No logic lives here."""
+import pulumi
+
+from components.docker_host import DockerHost, DockerHostArgs
+from components.load_balancer import NginxLoadBalancer, NginxLoadBalancerArgs
+from components.monitoring import Monitoring, MonitoringArgs
+from components.vllm_replica import VllmReplica, VllmReplicaArgs
+from fleet.config import load_from_pulumi
+from fleet.plan import build_plan
+
+cfg, secrets = load_from_pulumi()
+plan = build_plan(cfg)  # validates placement too: nothing is registered before this succeeds
+
+hosts = {
+    h.name: DockerHost(h.name, DockerHostArgs(
+        h, cfg.stack, volumes=sorted({m.volume for c in plan.containers() if c.host == h.name for m in c.mounts if m.volume})))
+    for h in plan.hosts_used
+}
+replicas = [VllmReplica(r.name, VllmReplicaArgs(r, hosts, secrets)) for r in plan.replicas]
+lb_spec = next(s for s in plan.services if s.role == "nginx")
+lb = NginxLoadBalancer("lb", NginxLoadBalancerArgs(
+    cfg, lb_spec, hosts[lb_spec.host],
+    {m.name: [rep.endpoint for rep, r in zip(replicas, plan.replicas) if r.model.name == m.name] for m in cfg.models},
+    replicas))
+
+pulumi.export("url", lb.url)
+pulumi.export("replicas", {r.name: {"host": r.host, "endpoint": rep.endpoint,
+                                    "gpus": [list(c.gpu_ids or ()) for c in r.containers]}
+                           for r, rep in zip(plan.replicas, replicas)})
+if cfg.monitoring.enabled:
+    monitoring = Monitoring("monitoring", MonitoringArgs(plan, hosts, [rep.metrics_target for rep in replicas],
+                                                         secrets, depends_on=[lb]))
+    pulumi.export("prometheus_url", monitoring.prometheus_url)
+    pulumi.export("grafana_url", monitoring.grafana_url)
+    pulumi.export("grafana_admin_password", monitoring.grafana_admin_password)

@@ -1,0 +1,50 @@
+"""NginxLoadBalancer: the public entry point; its upstreams are the replicas' own endpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import pulumi
+
+from components.docker_container import container
+from components.docker_host import DockerHost
+from fleet.artifacts import nginx_conf
+from fleet.config import FleetConfig
+from fleet.container_spec import ContainerSpec
+
+NGINX_CONF_PATH = "/etc/nginx/nginx.conf"
+
+
+@dataclass
+class NginxLoadBalancerArgs:
+    cfg: FleetConfig
+    spec: ContainerSpec
+    host: DockerHost
+    upstreams: Mapping[str, list[pulumi.Output[str]]]  # model name -> replica endpoints
+    replicas: list[pulumi.Resource]
+
+
+class NginxLoadBalancer(pulumi.ComponentResource):
+    nginx_conf: pulumi.Output[str]
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: NginxLoadBalancerArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("vllm-fleet:docker:NginxLoadBalancer", name, None, opts)
+        models = list(args.upstreams)
+        flat = [e for m in models for e in args.upstreams[m]]
+        sizes = [len(args.upstreams[m]) for m in models]
+
+        def conf(endpoints: list[str]) -> str:
+            grouped, i = {}, 0
+            for m, n in zip(models, sizes):
+                grouped[m], i = endpoints[i:i + n], i + n
+            return nginx_conf(args.cfg, grouped)
+
+        self.nginx_conf = pulumi.Output.all(*flat).apply(conf)
+        self.container = container(name, args.spec, args.host, self, {},
+                                   uploads=self.nginx_conf.apply(lambda c: {NGINX_CONF_PATH: c}),
+                                   depends_on=args.replicas)
+        lb = args.cfg.load_balancer
+        public = args.cfg.lb_host.address if lb.bind_address in ("0.0.0.0", "::") else lb.bind_address
+        self.url = pulumi.Output.from_input(f"http://{public}:{lb.port}/v1")
+        self.register_outputs({"url": self.url, "nginx_conf": self.nginx_conf})

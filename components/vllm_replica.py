@@ -1,0 +1,48 @@
+"""VllmReplica: one vLLM server (one container, or one per node for a multi-host pipeline)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import pulumi
+
+from components.docker_container import container
+from components.docker_host import DockerHost
+from fleet.plan import ReplicaPlan
+
+
+@dataclass
+class VllmReplicaArgs:
+    plan: ReplicaPlan
+    hosts: Mapping[str, DockerHost]
+    secrets: Mapping[str, pulumi.Output[str]]
+
+
+class VllmReplica(pulumi.ComponentResource):
+    endpoint: pulumi.Output[str]
+    metrics_target: pulumi.Output[str]
+
+    def __init__(self, name: str, args: VllmReplicaArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("vllm-fleet:docker:VllmReplica", name, None, opts)
+        plan = args.plan
+        # Worker nodes first: the API server (rank 0) waits for them at startup, and `pulumi up`
+        # waits for the API server's health check.
+        workers = [container(f"{name}-node{c.labels['vllm-fleet.node-rank']}", c, args.hosts[c.host], self, args.secrets)
+                   for c in plan.containers[1:]]
+        self.server = container(name, plan.containers[0], args.hosts[plan.containers[0].host], self, args.secrets,
+                                depends_on=workers)
+        self.containers = [self.server, *workers]
+        # Endpoints come from the container's own outputs: the name Docker gave it, on its network.
+        lead = plan.containers[0]
+        self.endpoint = self._address(plan.endpoint, lead.name)
+        self.metrics_target = self._address(plan.metrics_target, lead.name)
+        self.register_outputs({"endpoint": self.endpoint, "metrics_target": self.metrics_target,
+                               "host": plan.host, "gpus": [list(c.gpu_ids or ()) for c in plan.containers]})
+
+    def _address(self, planned: str, planned_name: str) -> pulumi.Output[str]:
+        host_part, port = planned.rsplit(":", 1)
+        if host_part == planned_name:
+            return self.server.name.apply(lambda n: f"{n}:{port}")
+        published = self.server.ports.apply(lambda ps: next(
+            (f"{p.ip}:{p.external}" for p in ps or [] if str(p.external) == port), planned))
+        return published

@@ -1,0 +1,68 @@
+"""Rendered configuration files: nginx.conf, Prometheus config and rules, Grafana provisioning.
+
+Pure functions of plain values. The components call them inside `Output.apply` with the
+replicas' real endpoints; the offline render and the tests call them with the planned ones.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from fleet.config import FleetConfig
+from fleet.plan import NGINX_PORT, NGINX_STATUS_PORT, PROMETHEUS_PORT, Scrape, container_name
+from fleet.render import render, static
+
+GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards"
+
+
+def upstream_name(model: str) -> str:
+    return "vllm_" + model.replace("-", "_")
+
+
+def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> str:
+    """`upstreams` maps each model name to its replicas' `host:port`, in replica order."""
+    lb = cfg.load_balancer
+    default = cfg.models[0].name
+    blocks = [{"name": upstream_name(m.name), "servers": upstreams[m.name],
+               "prefix": f"/models/{m.name}/"} for m in cfg.models]
+    largest = max(len(s) for s in upstreams.values())
+    return render(
+        "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
+        policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
+        fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, listen_port=NGINX_PORT,
+        status_port=NGINX_STATUS_PORT, max_body_mb=lb.max_body_mb, connect_timeout_s=lb.connect_timeout_s,
+        read_timeout_s=lb.read_timeout_s, send_timeout_s=lb.send_timeout_s, retries=max(2, min(largest, 5)),
+    )
+
+
+def prometheus_yml(cfg: FleetConfig, scrapes: list[Scrape]) -> str:
+    by_job: dict[str, list[Scrape]] = defaultdict(list)
+    for s in scrapes:
+        by_job[s.job].append(s)
+    jobs = [{"name": job, "path": "/metrics", "targets": [{"target": s.target, "labels": s.labels} for s in items]}
+            for job, items in by_job.items()]
+    return render("prometheus/prometheus.yml.j2", jobs=jobs, stack=cfg.stack,
+                  scrape_interval_s=cfg.monitoring.scrape_interval_s)
+
+
+def alert_rules(cfg: FleetConfig) -> str:
+    m = cfg.monitoring
+    return render("prometheus/alerts.yml.j2", replica_down_for=m.replica_down_for,
+                  queue_alert_threshold=m.queue_alert_threshold, ttft_p99_alert_s=m.ttft_p99_alert_s,
+                  gpu_alerts=m.gpu_exporter and any(h.gpus for h in cfg.hosts), nginx_alerts=m.nginx_exporter)
+
+
+def grafana_files(cfg: FleetConfig) -> dict[str, str]:
+    """Grafana provisioning: path in the Grafana container -> content."""
+    prometheus_url = f"http://{container_name(cfg, 'prometheus')}:{PROMETHEUS_PORT}"
+    return {
+        "/etc/grafana/provisioning/datasources/prometheus.yml": render(
+            "grafana/provisioning/datasource.yml.j2", prometheus_url=prometheus_url,
+            scrape_interval_s=cfg.monitoring.scrape_interval_s),
+        "/etc/grafana/provisioning/dashboards/vllm-fleet.yml": static("grafana/provisioning/dashboards.yml"),
+        f"{GRAFANA_DASHBOARD_DIR}/vllm-fleet.json": static("grafana/dashboards/vllm-fleet.json"),
+    }
+
+
+def prometheus_files(cfg: FleetConfig, scrapes: list[Scrape]) -> dict[str, str]:
+    return {"/etc/prometheus/prometheus.yml": prometheus_yml(cfg, scrapes),
+            "/etc/prometheus/rules/vllm-fleet.yml": alert_rules(cfg)}

@@ -1,0 +1,156 @@
+"""Cross-field rules of a stack config that no single field can check on its own.
+
+Each rule raises one ConfigError naming the key path, the value, what is allowed and the fix.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+from fleet import images
+from fleet.config import FleetConfig
+from fleet.errors import ConfigError
+from fleet.gpus import GPU_MODELS
+
+# Flags the program derives from the inventory; setting them in extra_args would contradict it.
+MANAGED_FLAGS = (
+    "--host", "--port", "--model", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
+    "--api-key", "--served-model-name", "--nnodes", "--node-rank", "--master-addr", "--master-port",
+    "--headless", "--distributed-executor-backend", "--dtype", "--quantization", "--max-model-len",
+    "--gpu-memory-utilization", "--speculative-config", "--override-generation-config",
+)
+MANAGED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "VLLM_API_KEY", "HF_TOKEN", "VLLM_HOST_IP",
+               "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_P2P_DISABLE", "VLLM_CPU_OMP_THREADS_BIND")
+NEEDS_DRAFT_MODEL = ("draft_model", "eagle", "eagle3")
+
+
+def check_fleet(cfg: FleetConfig) -> None:
+    _check_hosts(cfg)
+    _check_models(cfg)
+    _check_roles_and_ports(cfg)
+    _check_images(cfg)
+
+
+def _duplicate(names: list[str]) -> str | None:
+    dup = [n for n, c in Counter(names).items() if c > 1]
+    return dup[0] if dup else None
+
+
+def _check_hosts(cfg: FleetConfig) -> None:
+    dup = _duplicate([h.name for h in cfg.hosts])
+    if dup:
+        i = [h.name for h in cfg.hosts].index(dup)
+        raise ConfigError(f"hosts[{i}].name", dup, "two hosts share this name", "unique host names",
+                          "rename one of the hosts")
+    for i, h in enumerate(cfg.hosts):
+        if h.gpus > 0 and h.gpu_model is None:
+            raise ConfigError(f"hosts[{i}].gpu_model", None, f"host `{h.name}` has {h.gpus} GPUs but no gpu_model",
+                              ", ".join(GPU_MODELS), f"set `hosts[{i}].gpu_model`, e.g. H100-80GB")
+        if h.gpu_model is not None and h.gpu_model not in GPU_MODELS:
+            raise ConfigError(f"hosts[{i}].gpu_model", h.gpu_model, "unknown GPU model", ", ".join(GPU_MODELS),
+                              "use the closest listed model (memory and generation matter)")
+        if h.gpu_model is not None and h.gpus == 0:
+            raise ConfigError(f"hosts[{i}].gpus", 0, f"host `{h.name}` names gpu_model {h.gpu_model} but has 0 GPUs",
+                              "gpus >= 1 with a gpu_model, or no gpu_model for a CPU host",
+                              f"set `hosts[{i}].gpus` or remove gpu_model")
+
+
+def _check_models(cfg: FleetConfig) -> None:
+    dup = _duplicate([m.name for m in cfg.models])
+    if dup:
+        i = [m.name for m in cfg.models].index(dup)
+        raise ConfigError(f"models[{i}].name", dup, "two models share this name", "unique model names",
+                          "rename one of the models")
+    dup = _duplicate([m.client_model_name for m in cfg.models])
+    if dup:
+        i = [m.client_model_name for m in cfg.models].index(dup)
+        raise ConfigError(f"models[{i}].served_model_name", dup, "two models are served under the same name",
+                          "unique served names", "set a distinct `served_model_name`")
+    gpu_hosts = [h for h in cfg.hosts if h.gpus > 0]
+    cpu_hosts = [h for h in cfg.hosts if h.gpus == 0]
+    for i, m in enumerate(cfg.models):
+        k = f"models[{i}]"
+        if m.device == "cpu":
+            if not cpu_hosts:
+                raise ConfigError(f"{k}.device", "cpu", "no CPU host (gpus: 0) in the inventory",
+                                  "`gpu` on GPU hosts, `cpu` on hosts with gpus: 0", f"add a CPU host or set `{k}.device: gpu`")
+            if m.gpus_per_replica or m.tensor_parallel_size * m.pipeline_parallel_size > 1:
+                raise ConfigError(f"{k}.tensor_parallel_size", m.tensor_parallel_size * m.pipeline_parallel_size,
+                                  "CPU replicas run unsharded", "tensor_parallel_size and pipeline_parallel_size 1 for device cpu",
+                                  "scale CPU models with `replicas`")
+            if m.quantization in ("fp8", "bitsandbytes", "awq_marlin", "gptq_marlin"):
+                raise ConfigError(f"{k}.quantization", m.quantization, "not available on vLLM's CPU backend",
+                                  "none, awq, gptq or compressed-tensors", f"remove `{k}.quantization`")
+        else:
+            if not gpu_hosts:
+                raise ConfigError(f"{k}.device", "gpu", "the inventory has no GPU host", "a host with gpus >= 1",
+                                  f"add a GPU host or set `{k}.device: cpu`")
+            _check_gpu_generation(cfg, i)
+        spec = m.speculative
+        if spec is not None:
+            if spec.method in NEEDS_DRAFT_MODEL and not spec.model:
+                raise ConfigError(f"{k}.speculative.model", None, f"method {spec.method} needs a draft model",
+                                  "a Hugging Face id of a smaller model with the same tokenizer",
+                                  f"set `{k}.speculative.model`, or use method ngram")
+            if spec.method == "ngram" and spec.model:
+                raise ConfigError(f"{k}.speculative.model", spec.model, "ngram speculation uses no draft model",
+                                  "no model with method ngram", f"remove `{k}.speculative.model`")
+            if spec.method != "ngram" and spec.prompt_lookup_max is not None:
+                raise ConfigError(f"{k}.speculative.prompt_lookup_max", spec.prompt_lookup_max,
+                                  "only ngram speculation looks up the prompt", "prompt_lookup_max with method ngram",
+                                  f"remove it or set `{k}.speculative.method: ngram`")
+        if m.runtime == "seed-otel" and not m.image:
+            raise ConfigError(f"{k}.image", None, "runtime seed-otel needs the image built from files/vllm/Dockerfile",
+                              "a pinned image reference pushed to your registry",
+                              f"`docker build -t REGISTRY/vllm-otel:TAG files/vllm`, push it, set `{k}.image`")
+        for j, arg in enumerate(m.extra_args):
+            flag = arg.split("=", 1)[0]
+            if flag in MANAGED_FLAGS:
+                raise ConfigError(f"{k}.extra_args[{j}]", arg, "this flag is set from the stack config",
+                                  "flags the config does not manage", "use the matching config key instead "
+                                  "(tensor_parallel_size, max_model_len, dtype, quantization, api_key, ...)")
+        for name in m.env:
+            if name in MANAGED_ENV:
+                raise ConfigError(f"{k}.env.{name}", m.env[name], "this variable is derived from the inventory",
+                                  "variables the program does not set", "use the host keys (gpus, nccl_socket_ifname, nvlink) or secrets")
+
+
+def _check_gpu_generation(cfg: FleetConfig, i: int) -> None:
+    m = cfg.models[i]
+    gens = {h.gpu_model: GPU_MODELS[h.gpu_model] for h in cfg.hosts if h.gpus > 0 and h.gpu_model}
+    if m.quantization == "fp8" and not any(g.supports_fp8 for g in gens.values()):
+        raise ConfigError(f"models[{i}].quantization", "fp8", f"fp8 needs Ada or Hopper GPUs (compute 8.9+); the inventory has {', '.join(gens)}",
+                          "fp8 on L4, L40S, RTX-4090, H100, H200, B200; awq/gptq elsewhere", "remove fp8 or add newer GPUs")
+    if m.dtype == "bfloat16" and not any(g.supports_bf16 for g in gens.values()):
+        raise ConfigError(f"models[{i}].dtype", "bfloat16", f"bfloat16 needs Ampere or newer (compute 8.0+); the inventory has {', '.join(gens)}",
+                          "float16 on Turing/Volta", f"set `models[{i}].dtype: float16`")
+
+
+def _check_roles_and_ports(cfg: FleetConfig) -> None:
+    names = [h.name for h in cfg.hosts]
+    for key, value in (("load_balancer.host", cfg.load_balancer.host), ("monitoring.host", cfg.monitoring.host)):
+        if value is not None and value not in names:
+            raise ConfigError(key, value, "no host has this name", ", ".join(names), f"set `{key}` to one of the hosts")
+    taken: dict[tuple[str, int], str] = {(cfg.lb_host.name, cfg.load_balancer.port): "load_balancer.port"}
+    if cfg.monitoring.enabled:
+        mon = cfg.monitoring_host.name
+        for key, port in (("monitoring.prometheus_port", cfg.monitoring.prometheus_port),
+                          ("monitoring.grafana_port", cfg.monitoring.grafana_port)):
+            if (mon, port) in taken:
+                raise ConfigError(key, port, f"port {port} on host `{mon}` is already used by `{taken[(mon, port)]}`",
+                                  "a free port on that host", f"change `{key}`")
+            taken[(mon, port)] = key
+
+
+def _check_images(cfg: FleetConfig) -> None:
+    if cfg.environment == "local":
+        return
+    refs = [(f"models[{i}].image", m.resolved_image) for i, m in enumerate(cfg.models)]
+    refs.append(("load_balancer.image", cfg.load_balancer.image))
+    if cfg.monitoring.enabled:
+        refs += [(f"monitoring.{k}", getattr(cfg.monitoring, k)) for k in
+                 ("prometheus_image", "grafana_image", "nginx_exporter_image", "dcgm_exporter_image")]
+    for key, ref in refs:
+        if not images.is_pinned(ref):
+            raise ConfigError(key, ref, f"unpinned image in the {cfg.environment} environment",
+                              "a version tag other than latest, or an @sha256 digest",
+                              f"pin `{key}`, e.g. {images.VLLM_GPU}")

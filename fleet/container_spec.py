@@ -1,0 +1,62 @@
+"""A plain, target-neutral description of one container.
+
+The planner produces these from the config; the Docker components translate them 1:1 into
+`pulumi_docker.Container` arguments, and the offline render writes them out for review. Secret
+values never live here: `secret_env` maps a variable to the name of a Pulumi secret.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Port:
+    internal: int
+    external: int
+    ip: str
+
+
+@dataclass(frozen=True)
+class Mount:
+    target: str
+    volume: Optional[str] = None  # a named volume, or
+    host_path: Optional[str] = None  # a bind mount
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    test: list[str]
+    interval: str = "15s"
+    timeout: str = "10s"
+    retries: int = 3
+    start_period: str = "30s"
+
+
+@dataclass
+class ContainerSpec:
+    name: str
+    host: str
+    role: str  # vllm, vllm-worker, nginx, nginx-exporter, prometheus, grafana, dcgm-exporter
+    image: str
+    command: list[str] = field(default_factory=list)
+    entrypoint: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    secret_env: dict[str, str] = field(default_factory=dict)
+    gpu_ids: Optional[tuple[int, ...]] = None  # None: no GPU; () would mean none either
+    all_gpus: bool = False
+    network_mode: str = "bridge"  # "bridge" joins the host's fleet network; "host" for multi-node NCCL
+    ipc_mode: Optional[str] = None
+    shm_size_mb: Optional[int] = None
+    ports: list[Port] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    uploads: dict[str, str] = field(default_factory=dict)  # path in container -> file content
+    healthcheck: Optional[HealthCheck] = None
+    labels: dict[str, str] = field(default_factory=dict)
+    capabilities: list[str] = field(default_factory=list)
+    restart: str = "unless-stopped"
+    start_timeout_s: int = 120  # how long `pulumi up` waits for the container to become healthy
+
+    def to_dict(self) -> dict:
+        return asdict(self)

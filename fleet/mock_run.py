@@ -1,0 +1,146 @@
+"""Runs the real Pulumi program (`__main__.py`) for a stack under Pulumi's official mocks.
+
+No Pulumi CLI, engine or provider is involved: the mocks record every resource the program
+registers, with its inputs. Used by the offline render (`make render`) and by the tests.
+"""
+from __future__ import annotations
+
+import json
+import os
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+import pulumi
+from pulumi.runtime import mocks, rpc, settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from fleet.errors import PROJECT
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET_MARK = "[secret]"
+MOCK_GENERATED_PASSWORD = "mock-generated-grafana-password-0000"
+
+
+@dataclass
+class Recorded:
+    typ: str
+    name: str
+    inputs: dict[str, Any]
+    urn: str = ""
+
+    def plain(self) -> dict[str, Any]:
+        """Inputs with secret values replaced by a marker."""
+        return redact(self.inputs)
+
+
+@dataclass
+class MockRun:
+    stack: str
+    resources: list[Recorded] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, typ: str) -> list[Recorded]:
+        return [r for r in self.resources if r.typ == typ]
+
+    def named(self, name: str) -> Recorded:
+        return next(r for r in self.resources if r.name == name)
+
+    def containers(self) -> dict[str, Recorded]:
+        """docker containers by their container name."""
+        return {r.inputs["name"]: r for r in self.of_type("docker:index/container:Container")}
+
+
+def redact(value: Any) -> Any:
+    if rpc.is_rpc_secret(value):
+        return SECRET_MARK
+    if isinstance(value, dict):
+        return {k: redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def is_secret(value: Any) -> bool:
+    return rpc.is_rpc_secret(value)
+
+
+class FleetMocks(pulumi.runtime.Mocks):
+    def __init__(self, run: MockRun) -> None:
+        self.run = run
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.run.resources.append(Recorded(args.typ, args.name, dict(args.inputs)))
+        state = dict(args.inputs)
+        if args.typ == "docker:index/remoteImage:RemoteImage":
+            state["imageId"] = f"{args.inputs['name']}@sha256:{'0' * 64}"
+        if args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = MOCK_GENERATED_PASSWORD
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        return {}
+
+
+def read_stack_file(stack: str, stacks_dir: Path = ROOT / "stacks") -> dict[str, Any]:
+    path = stacks_dir / f"Pulumi.{stack}.yaml"
+    if not path.exists():
+        known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
+        raise SystemExit(f"no stack `{stack}`: {path} does not exist (stacks: {', '.join(known)})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def stack_config(doc: dict[str, Any], passphrase: Optional[str]) -> tuple[dict[str, str], list[str], dict[str, str]]:
+    """Pulumi's config map, its secret keys and the decrypted secret values, from a stack file.
+
+    Without the passphrase, secrets get a stand-in value: they are redacted from every output anyway.
+    """
+    config, secret_keys, plain = {}, [], {}
+    cipher = None
+    if passphrase and doc.get("encryptionsalt"):
+        from pulumi_crypto import PassphraseCipher
+
+        cipher = PassphraseCipher(passphrase, salt_state=doc["encryptionsalt"])
+    for key, value in (doc.get("config") or {}).items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            text = cipher.decrypt(value["secure"]) if cipher else f"unreadable-secret-{key.split(':')[-1]}"
+            config[key], plain[key] = text, text
+            secret_keys.append(key)
+        else:
+            config[key] = value if isinstance(value, str) else json.dumps(value)
+    return config, secret_keys, plain
+
+
+def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = ()) -> MockRun:
+    """Execute `__main__.py` for `stack` with `config` (full keys, e.g. `vllm-fleet:models`)."""
+    run = MockRun(stack)
+    pulumi.runtime.set_all_config(dict(config), list(secret_keys))
+    settings.set_root_resource(None)
+    monitor = mocks.MockMonitor(FleetMocks(run))
+    mocks.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
+    finally:
+        os.chdir(cwd)
+    urns = {reg.urn.rsplit("::", 1)[-1]: reg.urn for reg in monitor.resources.values()}
+    for r in run.resources:
+        r.urn = urns.get(r.name, "")
+    root = settings.get_root_resource()
+    run.outputs = _stack_outputs(root)
+    return run
+
+
+def _stack_outputs(root: Any) -> dict[str, Any]:
+    outputs = getattr(root, "outputs", None) or {}
+    resolved = {}
+    for key, value in outputs.items():
+        out = pulumi.Output.from_input(value)
+        secret = _sync_await(out.is_secret())
+        resolved[key] = SECRET_MARK if secret else _sync_await(out.future(with_unknowns=True))
+    return resolved

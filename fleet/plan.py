@@ -1,0 +1,225 @@
+"""The fleet plan: every container of a stack, as plain data, computed from a validated config.
+
+`build_plan()` is pure: the Pulumi program, the offline render and the tests all start here.
+A service is reached by its container name when its consumer runs on the same host (one Docker
+network per host), otherwise through a port published on the host's inventory address only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fleet.config import FleetConfig, Host, Model
+from fleet.container_spec import ContainerSpec, HealthCheck, Mount, Port
+from fleet.placement import ReplicaPlacement, Shard, place
+from fleet import vllm_command as vc
+
+VLLM_HOST_PORT_BASE = 8000
+MASTER_PORT_BASE = 29500
+NGINX_PORT = 8080
+NGINX_STATUS_PORT = 8081
+NGINX_EXPORTER_PORT = 9113
+DCGM_PORT = 9400
+PROMETHEUS_PORT = 9090
+GRAFANA_PORT = 3000
+
+
+@dataclass
+class ReplicaPlan:
+    model: Model
+    placement: ReplicaPlacement
+    containers: list[ContainerSpec]  # the API server (node rank 0) first
+    endpoint: str  # what Nginx proxies to
+    metrics_target: str  # what Prometheus scrapes
+    otel_target: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return self.placement.name
+
+    @property
+    def host(self) -> str:
+        return self.placement.leader.host
+
+
+@dataclass
+class Scrape:
+    job: str
+    target: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class FleetPlan:
+    cfg: FleetConfig
+    replicas: list[ReplicaPlan]
+    services: list[ContainerSpec]  # nginx, exporters, prometheus, grafana
+    scrapes: list[Scrape]
+
+    def upstreams(self) -> dict[str, list[str]]:
+        return {m.name: [r.endpoint for r in self.replicas if r.model.name == m.name] for m in self.cfg.models}
+
+    @property
+    def hosts_used(self) -> list[Host]:
+        used = {c.host for c in self.containers()}
+        return [h for h in self.cfg.hosts if h.name in used]
+
+    def containers(self) -> list[ContainerSpec]:
+        return [c for r in self.replicas for c in r.containers] + self.services
+
+
+def container_name(cfg: FleetConfig, suffix: str) -> str:
+    return f"{cfg.stack}-{suffix}"
+
+
+def reach(consumer: Host, provider: Host, name: str, internal: int, published: int) -> str:
+    return f"{name}:{internal}" if consumer.name == provider.name else f"{provider.address}:{published}"
+
+
+def labels(cfg: FleetConfig, role: str, **extra: str) -> dict[str, str]:
+    return {"managed-by": "vllm-fleet", "vllm-fleet.stack": cfg.stack, "vllm-fleet.role": role, **extra}
+
+
+def build_plan(cfg: FleetConfig) -> FleetPlan:
+    placements = place(cfg)
+    next_port = {h.name: VLLM_HOST_PORT_BASE for h in cfg.hosts}
+    cpu_slots = _cpu_slots(cfg, placements)
+    replicas = []
+    for p in placements:
+        model = next(m for m in cfg.models if m.name == p.model)
+        ports = {}
+        for s in p.shards:
+            ports[s.host] = next_port[s.host]
+            next_port[s.host] += 1
+        replicas.append(_replica(cfg, model, p, ports, cpu_slots.get(p.name)))
+    services, scrapes = _services(cfg, replicas)
+    return FleetPlan(cfg, replicas, services, scrapes)
+
+
+def _cpu_slots(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> dict[str, str]:
+    """Disjoint core ranges for CPU replicas: vLLM's CPU backend otherwise pins every server to core 0."""
+    out: dict[str, str] = {}
+    for h in cfg.hosts:
+        if not h.cpus:
+            continue
+        mine = [p for p in placements if p.leader.host == h.name and not p.leader.gpu_ids]
+        if not mine:
+            continue
+        per = max(1, h.cpus // len(mine))
+        for j, p in enumerate(mine):
+            lo = (j * per) % h.cpus
+            out[p.name] = f"{lo}-{min(lo + per, h.cpus) - 1}" if per > 1 else str(lo)
+    return out
+
+
+def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[str, int],
+             cpu_bind: Optional[str]) -> ReplicaPlan:
+    leader_host = cfg.host(p.leader.host)
+    lb, mon = cfg.lb_host, cfg.monitoring_host
+    multi = p.multi_node
+    host_port = ports[leader_host.name]
+    api_port = host_port if multi else vc.API_PORT  # host networking: the API listens on the host port
+    master_port = MASTER_PORT_BASE + (host_port - VLLM_HOST_PORT_BASE)
+    secret_env = vc.replica_secret_env(cfg)
+    containers = []
+    for s in p.shards:
+        host = cfg.host(s.host)
+        leader = s.node_rank == 0
+        name = container_name(cfg, p.name if not multi else f"{p.name}-node{s.node_rank}")
+        needs_publish = leader and not multi and (leader_host.name != lb.name or
+                                                  (cfg.monitoring.enabled and leader_host.name != mon.name))
+        otel = model.runtime == "seed-otel"
+        ports_out = []
+        if needs_publish:
+            ports_out.append(Port(vc.API_PORT, host_port, host.address))
+            if otel:
+                ports_out.append(Port(vc.OTEL_PORT, host_port + 1000, host.address))
+        health = HealthCheck(
+            test=["CMD", "python3", "-c",
+                  f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{api_port}/health', timeout=5)"],
+            interval="15s", timeout="10s", retries=3, start_period="600s") if leader else None
+        containers.append(ContainerSpec(
+            name=name, host=s.host, role="vllm" if leader else "vllm-worker",
+            image=model.resolved_image,
+            entrypoint=["/workspace/run.sh"] if otel else list(vc.ENTRYPOINT),
+            command=vc.serve_args(model, p, s, port=api_port, master_addr=leader_host.address, master_port=master_port),
+            env=vc.replica_env(cfg, model, p, host, cpu_bind),
+            secret_env=secret_env if leader else {k: v for k, v in secret_env.items() if k == "HF_TOKEN"},
+            gpu_ids=s.gpu_ids if model.device == "gpu" else None,
+            network_mode="host" if multi else "bridge",
+            ipc_mode="host" if multi else None,
+            shm_size_mb=None if multi else model.shm_size_mb,
+            ports=ports_out,
+            mounts=[Mount(vc.HF_HOME, host_path=host.hf_cache_dir) if host.hf_cache_dir
+                    else Mount(vc.HF_HOME, volume=container_name(cfg, f"{host.name}-hf-cache"))],
+            healthcheck=health,
+            labels=labels(cfg, "vllm", **{"vllm-fleet.model": model.name, "vllm-fleet.replica": p.name,
+                                          "vllm-fleet.node-rank": str(s.node_rank)}),
+            capabilities=["SYS_NICE"] if model.device == "cpu" else [],
+            start_timeout_s=1800 if leader else 120,
+        ))
+    lead = containers[0]
+    endpoint = reach(lb, leader_host, lead.name, api_port, host_port)
+    target = reach(mon, leader_host, lead.name, api_port, host_port)
+    otel_target = reach(mon, leader_host, lead.name, vc.OTEL_PORT, host_port + 1000) if model.runtime == "seed-otel" else None
+    return ReplicaPlan(model, p, containers, endpoint, target, otel_target)
+
+
+def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[ContainerSpec], list[Scrape]]:
+    lb, mon, m = cfg.lb_host, cfg.monitoring_host, cfg.monitoring
+    services = [ContainerSpec(
+        name=container_name(cfg, "nginx"), host=lb.name, role="nginx", image=cfg.load_balancer.image,
+        ports=[Port(NGINX_PORT, cfg.load_balancer.port, cfg.load_balancer.bind_address)]
+        + ([Port(NGINX_STATUS_PORT, NGINX_STATUS_PORT, lb.address)] if m.enabled and m.nginx_exporter and lb.name != mon.name else []),
+        healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NGINX_STATUS_PORT}/stub_status"],
+                                interval="10s", timeout="5s", retries=3, start_period="5s"),
+        labels=labels(cfg, "nginx"), start_timeout_s=60,
+    )]
+    scrapes = [Scrape("vllm", r.metrics_target, {"model": r.model.name, "replica": r.name, "host": r.host})
+               for r in replicas]
+    scrapes += [Scrape("vllm-otel", r.otel_target, {"model": r.model.name, "replica": r.name, "host": r.host})
+                for r in replicas if r.otel_target]
+    if not m.enabled:
+        return services, scrapes
+    if m.nginx_exporter:
+        status = reach(lb, lb, container_name(cfg, "nginx"), NGINX_STATUS_PORT, NGINX_STATUS_PORT)
+        exporter = ContainerSpec(
+            name=container_name(cfg, "nginx-exporter"), host=lb.name, role="nginx-exporter", image=m.nginx_exporter_image,
+            command=[f"--nginx.scrape-uri=http://{status}/stub_status"],
+            ports=[Port(NGINX_EXPORTER_PORT, NGINX_EXPORTER_PORT, lb.address)] if lb.name != mon.name else [],
+            labels=labels(cfg, "nginx-exporter"), start_timeout_s=60)
+        services.append(exporter)
+        scrapes.append(Scrape("nginx", reach(mon, lb, exporter.name, NGINX_EXPORTER_PORT, NGINX_EXPORTER_PORT), {"host": lb.name}))
+    if m.gpu_exporter:
+        for h in cfg.hosts:
+            if h.gpus == 0:
+                continue
+            dcgm = ContainerSpec(
+                name=container_name(cfg, f"{h.name}-dcgm-exporter"), host=h.name, role="dcgm-exporter",
+                image=m.dcgm_exporter_image, all_gpus=True, capabilities=["SYS_ADMIN"],
+                ports=[Port(DCGM_PORT, DCGM_PORT, h.address)] if h.name != mon.name else [],
+                labels=labels(cfg, "dcgm-exporter"), start_timeout_s=120)
+            services.append(dcgm)
+            scrapes.append(Scrape("dcgm", reach(mon, h, dcgm.name, DCGM_PORT, DCGM_PORT), {"host": h.name}))
+    prometheus = ContainerSpec(
+        name=container_name(cfg, "prometheus"), host=mon.name, role="prometheus", image=m.prometheus_image,
+        command=["--config.file=/etc/prometheus/prometheus.yml", "--storage.tsdb.path=/prometheus",
+                 f"--storage.tsdb.retention.time={m.retention}", "--web.enable-lifecycle"],
+        ports=[Port(PROMETHEUS_PORT, m.prometheus_port, m.bind_address)],
+        mounts=[Mount("/prometheus", volume=container_name(cfg, "prometheus-data"))],
+        healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
+                                interval="10s", timeout="5s", retries=5, start_period="10s"),
+        labels=labels(cfg, "prometheus"), start_timeout_s=120)
+    scrapes.append(Scrape("prometheus", f"127.0.0.1:{PROMETHEUS_PORT}", {"host": mon.name}))
+    grafana = ContainerSpec(
+        name=container_name(cfg, "grafana"), host=mon.name, role="grafana", image=m.grafana_image,
+        env={"GF_SECURITY_ADMIN_USER": "admin", "GF_USERS_ALLOW_SIGN_UP": "false", "GF_AUTH_ANONYMOUS_ENABLED": "false",
+             "GF_ANALYTICS_REPORTING_ENABLED": "false", "GF_ANALYTICS_CHECK_FOR_UPDATES": "false"},
+        secret_env={"GF_SECURITY_ADMIN_PASSWORD": "grafana_admin_password"},
+        ports=[Port(GRAFANA_PORT, m.grafana_port, m.bind_address)],
+        mounts=[Mount("/var/lib/grafana", volume=container_name(cfg, "grafana-data"))],
+        healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
+                                interval="10s", timeout="5s", retries=5, start_period="20s"),
+        labels=labels(cfg, "grafana"), start_timeout_s=180)
+    services += [prometheus, grafana]
+    return services, scrapes

@@ -1,0 +1,106 @@
+"""The `vllm serve` command line and environment of one replica (or one node of a replica).
+
+Everything here follows vLLM's documented flags for the pinned release; a test runs vLLM's own
+argument parser over every command line this module produces.
+"""
+from __future__ import annotations
+
+import json
+
+from fleet.config import FleetConfig, Host, Model
+from fleet.placement import ReplicaPlacement, Shard
+
+API_PORT = 8000
+OTEL_PORT = 9464
+HF_HOME = "/root/.cache/huggingface"
+ENTRYPOINT = ["vllm", "serve"]
+
+
+def _json(value: dict) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def speculative_config(model: Model) -> dict | None:
+    spec = model.speculative
+    if spec is None:
+        return None
+    out: dict = {"method": spec.method, "num_speculative_tokens": spec.num_speculative_tokens}
+    if spec.model:
+        out["model"] = spec.model
+    if spec.prompt_lookup_max is not None:
+        out["prompt_lookup_max"] = spec.prompt_lookup_max
+    return out
+
+
+def generation_overrides(model: Model) -> dict:
+    return model.sampling.model_dump(exclude_none=True)
+
+
+def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port: int, master_addr: str = "",
+               master_port: int = 0) -> list[str]:
+    """The argv after `vllm serve` for `shard` of a replica."""
+    args = [model.hf_id, "--host", "0.0.0.0", "--port", str(port),
+            "--served-model-name", model.client_model_name]
+    if model.revision:
+        args += ["--revision", model.revision]
+    if model.device == "gpu":
+        args += ["--tensor-parallel-size", str(model.tensor_parallel_size),
+                 "--pipeline-parallel-size", str(model.pipeline_parallel_size),
+                 "--gpu-memory-utilization", str(model.gpu_memory_utilization)]
+    if model.dtype != "auto":
+        args += ["--dtype", model.dtype]
+    if model.quantization:
+        args += ["--quantization", model.quantization]
+    if model.max_model_len:
+        args += ["--max-model-len", str(model.max_model_len)]
+    if model.max_num_seqs:
+        args += ["--max-num-seqs", str(model.max_num_seqs)]
+    if model.max_num_batched_tokens:
+        args += ["--max-num-batched-tokens", str(model.max_num_batched_tokens)]
+    if model.enable_prefix_caching is not None:
+        args.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
+    if model.trust_remote_code:
+        args.append("--trust-remote-code")
+    spec = speculative_config(model)
+    if spec:
+        args += ["--speculative-config", _json(spec)]
+    overrides = generation_overrides(model)
+    if overrides:
+        args += ["--override-generation-config", _json(overrides)]
+    if placement.multi_node:
+        # vLLM's multiprocessing multi-node mode: every node runs `vllm serve` with the same
+        # parallel sizes; rank 0 serves the API, the others run headless workers.
+        args += ["--nnodes", str(len(placement.shards)), "--node-rank", str(shard.node_rank),
+                 "--master-addr", master_addr, "--master-port", str(master_port)]
+        if shard.node_rank > 0:
+            args.append("--headless")
+    return args + list(model.extra_args)
+
+
+def replica_env(cfg: FleetConfig, model: Model, placement: ReplicaPlacement, host: Host,
+                cpu_bind: str | None) -> dict[str, str]:
+    env = {"HF_HOME": HF_HOME, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    if model.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(model.cpu_kvcache_space_gib)
+        if cpu_bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
+    elif model.gpus_per_replica > 1 or placement.multi_node:
+        env["NCCL_DEBUG"] = cfg.nccl_debug
+        if not host.nvlink:
+            # PCIe-only GPUs: peer-to-peer transfers stall or fail; NCCL falls back to shared memory.
+            env["NCCL_P2P_DISABLE"] = "1"
+        if host.nccl_socket_ifname:
+            env["NCCL_SOCKET_IFNAME"] = host.nccl_socket_ifname
+            env["GLOO_SOCKET_IFNAME"] = host.nccl_socket_ifname
+        if placement.multi_node:
+            env["VLLM_HOST_IP"] = host.address
+    return {**env, **model.env}
+
+
+def replica_secret_env(cfg: FleetConfig) -> dict[str, str]:
+    out = {}
+    if cfg.has_api_key:
+        out["VLLM_API_KEY"] = "api_key"
+    if cfg.has_hf_token:
+        out["HF_TOKEN"] = "hf_token"
+    return out
