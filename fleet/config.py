@@ -202,6 +202,15 @@ def _field_at(loc: tuple) -> tuple[Optional[type[BaseModel]], Optional[str]]:
     return owner, name
 
 
+def _class_at(loc: tuple) -> type[BaseModel]:
+    """The model class whose fields live at `loc` (the parent of an unknown key)."""
+    cls: type[BaseModel] = FleetConfig
+    for part in loc:
+        if isinstance(part, str) and part in cls.model_fields:
+            cls = _inner_model(cls.model_fields[part].annotation) or cls
+    return cls
+
+
 def _inner_model(annotation: Any) -> Any:
     for arg in (annotation, *typing.get_args(annotation)):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
@@ -248,11 +257,8 @@ def from_validation_error(err: pydantic.ValidationError, raw: dict, stack: str) 
     owner, name = _field_at(loc)
     where = f"stacks/Pulumi.{stack}.yaml"
     if first["type"] == "extra_forbidden":
-        known = list(owner.model_fields) if owner and name and name not in owner.model_fields else []
-        parent = _inner_model(owner.model_fields[name].annotation) if owner and name in owner.model_fields else None
-        if not known:
-            known = list((parent or (owner or FleetConfig)).model_fields)
-        known = [k for k in known if k not in ("stack", "has_api_key", "has_hf_token")]
+        parent = _class_at(loc[:-1])
+        known = [k for k in parent.model_fields if k not in ("stack", "has_api_key", "has_hf_token")]
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"did you mean `{guess[0]}`?" if guess else "remove it"
         return ConfigError(key, first.get("input"), "unknown key", ", ".join(known), f"{hint} (in {where})")
@@ -263,7 +269,7 @@ def from_validation_error(err: pydantic.ValidationError, raw: dict, stack: str) 
     field = owner.model_fields.get(name) if owner and name else None
     allowed = describe_allowed(field) if field else first["msg"]
     return ConfigError(key, first.get("input"), first["msg"].rstrip(".").lower(), allowed,
-                       f"change `{key}` in {where}")
+                       f"set `{key}` to an allowed value in {where} (or `pulumi config set --path '{key}' VALUE`)")
 
 
 def parse_config(raw: dict[str, Any], stack: str) -> FleetConfig:

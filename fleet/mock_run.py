@@ -31,7 +31,12 @@ class Recorded:
     typ: str
     name: str
     inputs: dict[str, Any]
+    provider: str = ""  # the provider reference ("urn::id"): which Docker host a container is on
     urn: str = ""
+
+    @property
+    def provider_name(self) -> str:
+        return self.provider.split("::")[-2] if self.provider else ""
 
     def plain(self) -> dict[str, Any]:
         """Inputs with secret values replaced by a marker."""
@@ -74,7 +79,7 @@ class FleetMocks(pulumi.runtime.Mocks):
         self.run = run
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
-        self.run.resources.append(Recorded(args.typ, args.name, dict(args.inputs)))
+        self.run.resources.append(Recorded(args.typ, args.name, dict(args.inputs), args.provider or ""))
         state = dict(args.inputs)
         if args.typ == "docker:index/remoteImage:RemoteImage":
             state["imageId"] = f"{args.inputs['name']}@sha256:{'0' * 64}"
@@ -115,9 +120,13 @@ def stack_config(doc: dict[str, Any], passphrase: Optional[str]) -> tuple[dict[s
     return config, secret_keys, plain
 
 
-def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = ()) -> MockRun:
-    """Execute `__main__.py` for `stack` with `config` (full keys, e.g. `vllm-fleet:models`)."""
-    run = MockRun(stack)
+def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),
+                run: Optional[MockRun] = None) -> MockRun:
+    """Execute `__main__.py` for `stack` with `config` (full keys, e.g. `vllm-fleet:models`).
+
+    Pass `run` to keep what was registered even when the program raises.
+    """
+    run = run or MockRun(stack)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     settings.set_root_resource(None)
     monitor = mocks.MockMonitor(FleetMocks(run))

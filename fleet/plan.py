@@ -153,7 +153,7 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
             mounts=[Mount(vc.HF_HOME, host_path=host.hf_cache_dir) if host.hf_cache_dir
                     else Mount(vc.HF_HOME, volume=container_name(cfg, f"{host.name}-hf-cache"))],
             healthcheck=health,
-            labels=labels(cfg, "vllm", **{"vllm-fleet.model": model.name, "vllm-fleet.replica": p.name,
+            labels=labels(cfg, "vllm" if leader else "vllm-worker", **{"vllm-fleet.model": model.name, "vllm-fleet.replica": p.name,
                                           "vllm-fleet.node-rank": str(s.node_rank)}),
             capabilities=["SYS_NICE"] if model.device == "cpu" else [],
             start_timeout_s=1800 if leader else 120,

@@ -1,0 +1,57 @@
+# vllm-fleet developer entry points. `make test` and `make up` install what they need themselves.
+SHELL := /bin/bash
+STACK ?= local
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+LOCAL_PASSPHRASE := vllm-fleet-local
+
+.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean
+
+# Debian tools the tests run for real: nginx (nginx -t, the live load balancer) and Prometheus
+# (promtool, the live Prometheus).
+system-deps:
+	@if ! command -v nginx >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing nginx and prometheus (Debian packages)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PIP_FLAGS) -r requirements-test.txt
+	# PyPI's CUDA builds of these break imports beside the CPU torch; text models never use them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+setup: system-deps $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not live" tests
+
+test-live: setup
+	$(PY) -m pytest -q -m live tests
+
+render: $(VENV)/.installed
+	PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)} \
+	  $(PY) -m fleet.offline_render $(STACK)
+
+plan: $(VENV)/.installed
+	$(PY) -m fleet.plan_report $(STACK)
+
+# The main job: deploy the `local` stack to this machine's Docker with a self-contained state.
+up preview destroy: $(VENV)/.installed
+	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/ (then re-run make $@)"; exit 1; }
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "error: Docker is not installed or its daemon is not running: install Docker Engine and start it (docker info must work)"; exit 1; }
+	@mkdir -p .pulumi-state
+	@export PULUMI_BACKEND_URL=$${PULUMI_BACKEND_URL:-file://$(CURDIR)/.pulumi-state} \
+	  PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)}; \
+	  pulumi stack select --create $(STACK) && \
+	  pulumi $(if $(filter up,$@),up --yes,$(if $(filter preview,$@),preview --diff,destroy --yes)) --stack $(STACK)
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,53 @@
+"""Shared fixtures: run the real Pulumi program for a stack under Pulumi's mocks."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import shutil
+
+import pytest
+
+from fleet.errors import PROJECT
+from fleet.mock_run import MockRun, read_stack_file, run_program, stack_config
+
+STACKS = ("local", "staging", "prod")
+# The shipped stacks' secrets are fake values; these passphrases are documented in each stack file.
+PASSPHRASES = {"local": "vllm-fleet-local", "staging": "vllm-fleet-example-only", "prod": "vllm-fleet-example-only"}
+
+
+@functools.lru_cache(maxsize=None)
+def stack_run(stack: str) -> MockRun:
+    config, secret_keys, _ = stack_config(read_stack_file(stack), PASSPHRASES[stack])
+    return run_program(stack, config, secret_keys)
+
+
+@functools.lru_cache(maxsize=None)
+def stack_secrets(stack: str) -> dict[str, str]:
+    return stack_config(read_stack_file(stack), PASSPHRASES[stack])[2]
+
+
+def raw_stack(stack: str) -> dict:
+    """The stack's config values without the project prefix (a deep copy to mutate)."""
+    doc = read_stack_file(stack)
+    return {k.split(":", 1)[1]: copy.deepcopy(v) for k, v in doc["config"].items() if not isinstance(v, dict) or "secure" not in v}
+
+
+def run_raw(stack: str, raw: dict, secrets: dict[str, str] | None = None, run: MockRun | None = None) -> MockRun:
+    """Run the program with raw config values; `secrets` are passed as Pulumi secrets."""
+    config = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    secret_keys = []
+    for k, v in (secrets or {}).items():
+        config[f"{PROJECT}:{k}"] = v
+        secret_keys.append(f"{PROJECT}:{k}")
+    return run_program(stack, config, secret_keys, run=run)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is missing: `make setup` installs it")
+    pytest.skip(f"{name} is not installed (run `make setup`)")
