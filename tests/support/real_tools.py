@@ -1,0 +1,38 @@
+"""Run the real consumers of what we render: `nginx -t` and `promtool check config`."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+
+def upstream_hosts(conf: str) -> list[str]:
+    """Host names (not IPs) that the config's upstream servers use."""
+    names = re.findall(r"^\s*server ([^\s:;]+)", conf, re.M)
+    return sorted({n for n in names if not re.fullmatch(r"[0-9.]+", n)})
+
+
+def nginx_test(conf: str, workdir: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` on `conf`. Upstream names resolve through a private /etc/hosts (a mount
+    namespace of our own), because nginx resolves them while parsing, as it does at startup."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf_path = workdir / "nginx.conf"
+    conf_path.write_text(conf)
+    hosts = workdir / "hosts"
+    entries = [f"127.0.1.{i + 1} {name}" for i, name in enumerate(upstream_hosts(conf))]
+    hosts.write_text("\n".join(["127.0.0.1 localhost", *entries]) + "\n")
+    script = f"mount --bind {hosts} /etc/hosts && exec nginx -t -p {workdir} -c {conf_path}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+def write_prometheus_tree(files: dict[str, str], root: Path) -> Path:
+    """Lay out /etc/prometheus/... from the container's uploads under `root`; returns the config path."""
+    for path, content in files.items():
+        target = root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    return root / "etc/prometheus/prometheus.yml"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=120)
