@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import require_tool
+from support.stacks import require_tool
 from fleet.render import TemplateError, render
 from tests.support.grafana_queries import vllm_exported_series, vllm_series_in
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import require_tool
+from support.stacks import require_tool
 from fleet.artifacts import GRAFANA_DASHBOARD_DIR
 from fleet.render import FILES
 from tests.support.grafana_queries import (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import raw_stack, run_raw
+from support.stacks import raw_stack, run_raw
 from fleet.errors import ConfigError
 from fleet.mock_run import MockRun
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import STACKS, require_tool, stack_run, stack_secrets
+from support.stacks import STACKS, require_tool, stack_run, stack_secrets
 from fleet.offline_render import render_stack
 from support.real_tools import nginx_test, promtool, write_prometheus_tree
 from support.vllm_cli import parse_serve_args
@@ -35,7 +35,7 @@ def test_nginx_accepts_the_rendered_config(stack, tmp_path):
 @pytest.mark.parametrize("policy", ["least_conn", "round_robin", "session_affinity"])
 def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
     require_tool("nginx")
-    from conftest import raw_stack, run_raw
+    from support.stacks import raw_stack, run_raw
 
     raw = raw_stack("prod")
     raw["load_balancer"]["policy"] = policy

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from conftest import STACKS, stack_run, stack_secrets
+from support.stacks import STACKS, stack_run, stack_secrets
 from fleet import images
 from fleet.mock_run import SECRET_MARK, is_secret
 from pulumi.runtime import rpc
@@ -113,7 +113,7 @@ def test_multi_gpu_replicas_get_the_nccl_environment_of_their_host(name, expecte
 
 
 def test_pcie_only_multi_gpu_replicas_disable_nccl_p2p():
-    from conftest import raw_stack, run_raw
+    from support.stacks import raw_stack, run_raw
 
     raw = raw_stack("staging")
     raw["models"][0].update(replicas=1, tensor_parallel_size=2)
@@ -196,7 +196,7 @@ def test_gpu_hosts_get_a_dcgm_exporter_scraped_by_prometheus():
 
 
 def test_scaling_replicas_in_the_config_changes_upstreams_and_targets_together():
-    from conftest import raw_stack, run_raw
+    from support.stacks import raw_stack, run_raw
 
     raw = raw_stack("local")
     raw["models"][0]["replicas"] = 3

@@ -1,4 +1,4 @@
-"""Shared fixtures: run the real Pulumi program for a stack under Pulumi's mocks."""
+"""Shared test helpers: run the real Pulumi program for a stack under Pulumi's mocks."""
 from __future__ import annotations
 
 import copy
