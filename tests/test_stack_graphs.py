@@ -243,3 +243,10 @@ def test_metrics_and_admin_ports_are_not_published_to_the_world(stack):
             if name.endswith("-nginx") and p["internal"] == 8080:
                 continue  # the public API
             assert p["ip"] not in ("0.0.0.0", "::", None), f"{name} publishes {p} to every interface"
+
+
+def test_readme_config_reference_matches_the_typed_config():
+    from fleet.config_reference import README, updated
+
+    text = README.read_text()
+    assert updated(text) == text, "README's config table is stale: run `python -m fleet.config_reference`"
