@@ -96,6 +96,9 @@ class Model(Strict):
     runtime: Literal["official", "seed-otel"] = Field(
         "official", description="`seed-otel`: the seed's image (files/vllm) with OpenTelemetry metrics on port 9464; needs `image`."
     )
+    architecture: Optional[dict[str, Any]] = Field(
+        None, description="The model's Hugging Face `config.json`, inline, for offline planning of a model not cached in files/models/."
+    )
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM flags, appended verbatim.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
     shm_size_mb: int = Field(8192, ge=64, description="Shared memory for multi-GPU replicas without host IPC.")

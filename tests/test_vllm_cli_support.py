@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from tests.support.vllm_cli import engine_args_from_serve_args, parse_serve_args  # noqa: E402
+from support.vllm_cli import engine_args_from_serve_args, parse_serve_args  # noqa: E402
 
 GOOD = [
     "Qwen/Qwen2.5-0.5B-Instruct",
@@ -85,7 +85,7 @@ def test_parse_without_engine_args_skips_the_speculative_check():
 # --- the other live-test helpers (fast, no server) ---------------------------
 
 def test_vllm_server_cmd_swaps_only_host_port_and_model(tmp_path):
-    from tests.support.vllm_server import vllm_server_cmd
+    from support.vllm_server import vllm_server_cmd
 
     serve_args = ["/models/x", "--host", "0.0.0.0", "--port=8000", "--max-model-len", "512",
                   "--override-generation-config", '{"temperature": 0.6}']
@@ -107,7 +107,7 @@ def test_tiny_model_is_deterministic_and_consistent(tmp_path):
 
     from tokenizers import Tokenizer
 
-    from tests.support.tiny_model import make_tiny_model
+    from support.tiny_model import make_tiny_model
 
     a = make_tiny_model(tmp_path / "a")
     b = make_tiny_model(tmp_path / "b", max_position_embeddings=4096)
@@ -129,7 +129,7 @@ def test_stop_kills_the_whole_process_group(tmp_path):
     import sys
     import time
 
-    from tests.support.processes import free_port, running, start, stop, wait_http
+    from support.processes import free_port, running, start, stop, wait_http
 
     # A parent that ignores SIGTERM and a grandchild: stop() must still clear the group.
     script = ("import os, signal, subprocess, sys, time\n"
