@@ -1,0 +1,160 @@
+"""Process helpers for live tests.
+
+Every process is started in a new session (so its own process group) and is
+stopped by signalling that group only: never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+
+def start(cmd: list[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    """Start ``cmd`` in a new process group; stdout and stderr go to ``log_path``.
+
+    ``env`` is the complete environment of the child (merge ``os.environ`` in
+    yourself if you want it).
+    """
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        # The child holds its own copy of the descriptor; closing ours is fine.
+        return subprocess.Popen(
+            [str(c) for c in cmd],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    # With start_new_session=True the group id is the child's pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop(proc: subprocess.Popen, timeout: float = 20) -> int | None:
+    """SIGTERM the process group of ``proc``; SIGKILL it after ``timeout`` seconds.
+
+    Also waits (briefly) for the rest of the group, e.g. vLLM's engine-core
+    child, to go away. Returns the leader's exit code. Idempotent.
+    """
+    if proc.poll() is not None and not _group_alive(proc.pid):
+        return proc.returncode
+    deadline = time.monotonic() + timeout
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
+    while _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None or _group_alive(proc.pid):
+        _signal_group(proc, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        end = time.monotonic() + 5
+        while _group_alive(proc.pid) and time.monotonic() < end:
+            time.sleep(0.1)
+    return proc.returncode
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (racy by nature; use promptly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def log_tail(log_path: Path | None, lines: int = 60) -> str:
+    if log_path is None:
+        return ""
+    try:
+        text = Path(log_path).read_text(errors="replace")
+    except OSError as e:
+        return f"<cannot read {log_path}: {e}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_http(
+    url: str,
+    timeout: float,
+    proc: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    interval: float = 0.5,
+) -> float:
+    """Poll ``url`` until it answers HTTP 200; return the seconds it took.
+
+    Raises ``RuntimeError`` (with the log tail) if ``proc`` exits first, or
+    ``TimeoutError`` (with the log tail) once ``timeout`` seconds have passed.
+    """
+    t0 = time.monotonic()
+    last = "no answer yet"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process {proc.pid} exited with {proc.returncode} before {url} "
+                f"was ready\n--- log tail ({log_path}) ---\n{log_tail(log_path)}"
+            )
+        try:
+            req = urllib.request.Request(url, headers=dict(headers or {}))
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - t0
+                last = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as e:
+            last = f"HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = repr(e)
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(
+                f"{url} not ready after {timeout:.0f}s (last: {last})\n"
+                f"--- log tail ({log_path}) ---\n{log_tail(log_path)}"
+            )
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running(
+    cmd: list[str],
+    env: Mapping[str, str],
+    log_path: Path,
+    health_url: str,
+    timeout: float,
+    *,
+    stop_timeout: float = 20,
+) -> Iterator[subprocess.Popen]:
+    """Start ``cmd``, wait for ``health_url`` to answer 200, yield the process.
+
+    ``stop()`` runs on every exit path: startup failure, timeout, exceptions in
+    the body, KeyboardInterrupt. ``proc.startup_seconds`` holds the wait time.
+    """
+    proc = start(cmd, env=env, log_path=log_path)
+    try:
+        proc.startup_seconds = wait_http(health_url, timeout, proc=proc, log_path=log_path)  # type: ignore[attr-defined]
+        yield proc
+    finally:
+        stop(proc, timeout=stop_timeout)
