@@ -16,10 +16,15 @@ hosts = {
         h, cfg.stack, volumes=sorted({m.volume for c in plan.containers() if c.host == h.name for m in c.mounts if m.volume})))
     for h in plan.hosts_used
 }
-replicas = [VllmReplica(r.name, VllmReplicaArgs(r, hosts, secrets)) for r in plan.replicas]
+# Rolling updates: each replica of a model waits for the previous one, so a change that replaces
+# replicas takes them down one at a time and the rest keep serving (see docs/design-rollouts.md).
+replicas: list[VllmReplica] = []
+for r in plan.replicas:
+    previous = [rep for rep, p in zip(replicas, plan.replicas) if p.model.name == r.model.name]
+    replicas.append(VllmReplica(r.name, VllmReplicaArgs(r, hosts, secrets, after=previous[-1] if previous else None)))
 lb_spec = next(s for s in plan.services if s.role == "nginx")
 lb = NginxLoadBalancer("lb", NginxLoadBalancerArgs(
-    cfg, lb_spec, hosts[lb_spec.host],
+    cfg, lb_spec, next(s for s in plan.services if s.role == "nginx-config"), hosts[lb_spec.host],
     {m.name: [rep.endpoint for rep, r in zip(replicas, plan.replicas) if r.model.name == m.name] for m in cfg.models},
     replicas))
 

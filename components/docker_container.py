@@ -15,8 +15,12 @@ from fleet.container_spec import ContainerSpec
 
 def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent: pulumi.Resource,
               secrets: Mapping[str, pulumi.Output[str]], uploads: Optional[pulumi.Input[Mapping[str, str]]] = None,
-              depends_on: Optional[list[pulumi.Resource]] = None) -> docker.Container:
-    """`uploads` (path -> content) may be an Output, e.g. a config rendered from other resources' outputs."""
+              depends_on: Optional[list[pulumi.Resource]] = None,
+              delete_before_replace: bool = False) -> docker.Container:
+    """`uploads` (path -> content) may be an Output, e.g. a config rendered from other resources' outputs.
+
+    `delete_before_replace`: free the old container's name and GPUs before its replacement starts.
+    """
     plain_env = [f"{k}={v}" for k, v in spec.env.items()]
     secret_env = [pulumi.Output.secret(secrets[key]).apply(lambda v, k=k: f"{k}={v}") for k, key in spec.secret_env.items()]
     envs = pulumi.Output.all(*secret_env).apply(lambda s: plain_env + list(s)) if secret_env else plain_env
@@ -27,7 +31,7 @@ def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent:
     hc = spec.healthcheck
     return docker.Container(
         resource_name,
-        name=spec.name,
+        name=None if spec.one_shot else spec.name,
         image=image.image_id,
         entrypoints=spec.entrypoint or None,
         command=spec.command or None,
@@ -50,9 +54,10 @@ def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent:
         if hc else None,
         labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in spec.labels.items()],
         capabilities=docker.ContainerCapabilitiesArgs(adds=spec.capabilities) if spec.capabilities else None,
-        restart=spec.restart,
-        must_run=True,
+        restart="no" if spec.one_shot else spec.restart,
+        must_run=not spec.one_shot,
         wait=hc is not None,
         wait_timeout=spec.start_timeout_s if hc else None,
-        opts=pulumi.ResourceOptions(parent=parent, provider=host.provider, depends_on=depends_on or []),
+        opts=pulumi.ResourceOptions(parent=parent, provider=host.provider, depends_on=depends_on or [],
+                                    delete_before_replace=delete_before_replace),
     )

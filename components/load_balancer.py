@@ -11,14 +11,14 @@ from components.docker_host import DockerHost
 from fleet.artifacts import nginx_conf
 from fleet.config import FleetConfig
 from fleet.container_spec import ContainerSpec
-
-NGINX_CONF_PATH = "/etc/nginx/nginx.conf"
+from fleet.plan import NGINX_CONF_UPLOAD
 
 
 @dataclass
 class NginxLoadBalancerArgs:
     cfg: FleetConfig
-    spec: ContainerSpec
+    spec: ContainerSpec  # the long-running Nginx
+    config_spec: ContainerSpec  # the one-shot job that writes each new nginx.conf into its volume
     host: DockerHost
     upstreams: Mapping[str, list[pulumi.Output[str]]]  # model name -> replica endpoints
     replicas: list[pulumi.Resource]
@@ -41,9 +41,12 @@ class NginxLoadBalancer(pulumi.ComponentResource):
             return nginx_conf(args.cfg, grouped)
 
         self.nginx_conf = pulumi.Output.all(*flat).apply(conf)
-        self.container = container(name, args.spec, args.host, self, {},
-                                   uploads=self.nginx_conf.apply(lambda c: {NGINX_CONF_PATH: c}),
-                                   depends_on=args.replicas)
+        # A new upstream list replaces only the one-shot writer; the running Nginx sees the file
+        # change and reloads gracefully, so its container (and its connections) stay.
+        self.config_writer = container(f"{name}-config", args.config_spec, args.host, self, {},
+                                       uploads=self.nginx_conf.apply(lambda c: {NGINX_CONF_UPLOAD: c}),
+                                       depends_on=args.replicas)
+        self.container = container(f"{name}-nginx", args.spec, args.host, self, {}, depends_on=[self.config_writer])
         lb = args.cfg.load_balancer
         public = args.cfg.lb_host.address if lb.bind_address in ("0.0.0.0", "::") else lb.bind_address
         self.url = pulumi.Output.from_input(f"http://{public}:{lb.port}/v1")

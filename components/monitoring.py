@@ -45,7 +45,7 @@ class Monitoring(pulumi.ComponentResource):
         self.prometheus_yml = files.apply(lambda f: f["/etc/prometheus/prometheus.yml"])
         self.containers = {}
         for spec in plan.services:
-            if spec.role in ("nginx",):
+            if spec.role in ("nginx", "nginx-config"):
                 continue
             uploads = files if spec.role == "prometheus" else grafana_files(cfg) if spec.role == "grafana" else None
             self.containers[spec.role + ("" if spec.role != "dcgm-exporter" else f"-{spec.host}")] = container(

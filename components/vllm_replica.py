@@ -16,6 +16,9 @@ class VllmReplicaArgs:
     plan: ReplicaPlan
     hosts: Mapping[str, DockerHost]
     secrets: Mapping[str, pulumi.Output[str]]
+    # Rolling updates: the previous replica of the same model. This replica's containers are
+    # registered only after that one is up and healthy, so replacements happen one at a time.
+    after: Optional["VllmReplica"] = None
 
 
 class VllmReplica(pulumi.ComponentResource):
@@ -27,11 +30,16 @@ class VllmReplica(pulumi.ComponentResource):
         plan = args.plan
         # Worker nodes first: the API server (rank 0) waits for them at startup, and `pulumi up`
         # waits for the API server's health check.
-        workers = [container(f"{name}-node{c.labels['vllm-fleet.node-rank']}", c, args.hosts[c.host], self, args.secrets)
-                   for c in plan.containers[1:]]
-        self.server = container(name, plan.containers[0], args.hosts[plan.containers[0].host], self, args.secrets,
-                                depends_on=workers)
+        # Replacement deletes first: the new container needs the old one's name and GPUs.
+        previous = [args.after.server] if args.after else []
+        workers = [container(f"{name}-node{c.labels['vllm-fleet.node-rank']}", c, args.hosts[c.host], self, args.secrets,
+                             depends_on=previous, delete_before_replace=True) for c in plan.containers[1:]]
+        self.server = container(f"{name}-server", plan.containers[0], args.hosts[plan.containers[0].host], self, args.secrets,
+                                depends_on=workers + previous, delete_before_replace=True)
         self.containers = [self.server, *workers]
+        if plan.model.replicas == 1:
+            pulumi.log.warn(f"model `{plan.model.name}` has a single replica: a change that replaces it means "
+                            "downtime until the new one is healthy (set replicas >= 2 to roll without it)", resource=self)
         # Endpoints come from the container's own outputs: the name Docker gave it, on its network.
         lead = plan.containers[0]
         self.endpoint = self._address(plan.endpoint, lead.name)

@@ -33,6 +33,8 @@ class Recorded:
     inputs: dict[str, Any]
     provider: str = ""  # the provider reference ("urn::id"): which Docker host a container is on
     urn: str = ""
+    dependencies: list[str] = field(default_factory=list)  # URNs this resource waits for
+    delete_before_replace: bool = False
 
     @property
     def provider_name(self) -> str:
@@ -56,8 +58,9 @@ class MockRun:
         return next(r for r in self.resources if r.name == name)
 
     def containers(self) -> dict[str, Recorded]:
-        """docker containers by their container name."""
-        return {r.inputs["name"]: r for r in self.of_type("docker:index/container:Container")}
+        """docker containers by their container name (a one-shot container, autonamed by Docker's
+        provider at deploy time, by its resource name)."""
+        return {r.inputs.get("name", r.name): r for r in self.of_type("docker:index/container:Container")}
 
 
 def redact(value: Any) -> Any:
@@ -72,6 +75,18 @@ def redact(value: Any) -> Any:
 
 def is_secret(value: Any) -> bool:
     return rpc.is_rpc_secret(value)
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    """Also keeps what the mocks API leaves out: dependencies and delete-before-replace."""
+
+    def __init__(self, run_mocks: "FleetMocks") -> None:
+        super().__init__(run_mocks)
+        self.requests: dict[str, Any] = {}
+
+    def RegisterResource(self, request):
+        self.requests[self.make_urn(request.parent, request.type, request.name)] = request
+        return super().RegisterResource(request)
 
 
 class FleetMocks(pulumi.runtime.Mocks):
@@ -129,7 +144,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),
     run = run or MockRun(stack)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     settings.set_root_resource(None)
-    monitor = mocks.MockMonitor(FleetMocks(run))
+    monitor = RecordingMonitor(FleetMocks(run))
     mocks.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     cwd = os.getcwd()
     os.chdir(ROOT)
@@ -137,9 +152,12 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),
         _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     finally:
         os.chdir(cwd)
-    urns = {reg.urn.rsplit("::", 1)[-1]: reg.urn for reg in monitor.resources.values()}
+    by_key = {(req.type, req.name): (urn, req) for urn, req in monitor.requests.items()}
     for r in run.resources:
-        r.urn = urns.get(r.name, "")
+        r.urn, request = by_key.get((r.typ, r.name), ("", None))
+        if request is not None:
+            r.dependencies = list(request.dependencies)
+            r.delete_before_replace = request.deleteBeforeReplace
     root = settings.get_root_resource()
     run.outputs = _stack_outputs(root)
     return run

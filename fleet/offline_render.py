@@ -18,9 +18,12 @@ import sys
 from pathlib import Path
 
 from fleet.errors import ConfigError
+from fleet.plan import NGINX_CONF_UPLOAD
 from fleet.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, read_stack_file, run_program, stack_config
 
 CONTAINER = "docker:index/container:Container"
+# Where an upload is written when its container path would say little to a reviewer.
+FRIENDLY = {("nginx-config", NGINX_CONF_UPLOAD): "nginx/nginx.conf"}
 
 
 def artifacts(run: MockRun) -> dict[str, str]:
@@ -36,7 +39,7 @@ def artifacts(run: MockRun) -> dict[str, str]:
             argv = (spec.get("entrypoints") or []) + (spec.get("command") or [])
             files[f"vllm/{name}.sh"] = command_script(argv, spec.get("envs") or [])
         for path, content in uploads.items():
-            files[f"{role}{path}"] = content
+            files[FRIENDLY.get((role, path), f"{role}{path}")] = content
     lines = [f"{r.typ:55} {r.name}" for r in run.resources]
     files["resources.txt"] = "\n".join(sorted(lines)) + "\n"
     files["outputs.json"] = json.dumps(run.outputs, indent=2, sort_keys=True, default=str) + "\n"

@@ -13,6 +13,7 @@ from fleet.config import FleetConfig, Host, Model
 from fleet.container_spec import ContainerSpec, HealthCheck, Mount, Port
 from fleet.placement import ReplicaPlacement, Shard, place
 from fleet import vllm_command as vc
+from fleet.render import static
 
 VLLM_HOST_PORT_BASE = 8000
 MASTER_PORT_BASE = 29500
@@ -22,6 +23,9 @@ NGINX_EXPORTER_PORT = 9113
 DCGM_PORT = 9400
 PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
+NGINX_CONF_DIR = "/etc/nginx/fleet"
+NGINX_CONF_UPLOAD = "/incoming/nginx.conf"
+NGINX_ENTRYPOINT = "/usr/local/bin/fleet-nginx.sh"
 
 
 @dataclass
@@ -167,13 +171,24 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
 
 def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[ContainerSpec], list[Scrape]]:
     lb, mon, m = cfg.lb_host, cfg.monitoring_host, cfg.monitoring
+    conf_volume = container_name(cfg, "nginx-conf")
     services = [ContainerSpec(
         name=container_name(cfg, "nginx"), host=lb.name, role="nginx", image=cfg.load_balancer.image,
+        entrypoint=["/bin/sh", NGINX_ENTRYPOINT],
+        uploads={NGINX_ENTRYPOINT: static("nginx/fleet-nginx.sh")},
         ports=[Port(NGINX_PORT, cfg.load_balancer.port, cfg.load_balancer.bind_address)]
         + ([Port(NGINX_STATUS_PORT, NGINX_STATUS_PORT, lb.address)] if m.enabled and m.nginx_exporter and lb.name != mon.name else []),
+        mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume, read_only=True)],
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NGINX_STATUS_PORT}/stub_status"],
-                                interval="10s", timeout="5s", retries=3, start_period="5s"),
+                                interval="10s", timeout="5s", retries=3, start_period="10s"),
         labels=labels(cfg, "nginx"), start_timeout_s=60,
+    ), ContainerSpec(
+        # Writes each new nginx.conf into the volume the running Nginx watches (see fleet-nginx.sh).
+        name=container_name(cfg, "nginx-config"), host=lb.name, role="nginx-config", image=cfg.load_balancer.image,
+        entrypoint=["/bin/sh", "-c"],
+        command=[f"cp {NGINX_CONF_UPLOAD} {NGINX_CONF_DIR}/nginx.conf.new && mv -f {NGINX_CONF_DIR}/nginx.conf.new {NGINX_CONF_DIR}/nginx.conf"],
+        mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume)],
+        labels=labels(cfg, "nginx-config"), one_shot=True,
     )]
     scrapes = [Scrape("vllm", r.metrics_target, {"model": r.model.name, "replica": r.name, "host": r.host})
                for r in replicas]

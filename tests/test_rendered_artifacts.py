@@ -13,7 +13,7 @@ from support.stacks import STACKS, require_tool, stack_run, stack_secrets
 from fleet.offline_render import render_stack
 from support.real_tools import nginx_test, promtool, write_prometheus_tree
 from support.vllm_cli import parse_serve_args
-from test_stack_graphs import labels, unwrap, uploads
+from test_stack_graphs import labels, rendered_nginx_conf, unwrap, uploads
 
 
 def vllm_command_lines():
@@ -26,7 +26,7 @@ def vllm_command_lines():
 @pytest.mark.parametrize("stack", STACKS)
 def test_nginx_accepts_the_rendered_config(stack, tmp_path):
     require_tool("nginx")
-    conf = uploads(stack_run(stack).containers()[f"{stack}-nginx"])["/etc/nginx/nginx.conf"]
+    conf = rendered_nginx_conf(stack_run(stack))
     result = nginx_test(conf, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
@@ -39,7 +39,7 @@ def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
 
     raw = raw_stack("prod")
     raw["load_balancer"]["policy"] = policy
-    conf = uploads(run_raw("prod", raw).containers()["prod-nginx"])["/etc/nginx/nginx.conf"]
+    conf = rendered_nginx_conf(run_raw("prod", raw))
     result = nginx_test(conf, tmp_path)
     assert result.returncode == 0, result.stderr
     assert ("least_conn;" in conf) == (policy == "least_conn")
@@ -79,7 +79,7 @@ def test_offline_render_writes_every_artifact_without_a_secret(stack, tmp_path):
     files = render_stack(stack, tmp_path / stack, passphrase={"local": "vllm-fleet-local"}.get(stack, "vllm-fleet-example-only"))
     written = {p.relative_to(tmp_path / stack).as_posix() for p in (tmp_path / stack).rglob("*") if p.is_file()}
     assert written == set(files)
-    assert "nginx/etc/nginx/nginx.conf" in written
+    assert "nginx/nginx.conf" in written and "nginx/usr/local/bin/fleet-nginx.sh" in written
     assert "prometheus/etc/prometheus/prometheus.yml" in written
     assert "prometheus/etc/prometheus/rules/vllm-fleet.yml" in written
     assert "grafana/etc/grafana/provisioning/datasources/prometheus.yml" in written

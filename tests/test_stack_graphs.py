@@ -40,8 +40,13 @@ def gpu_ids(res) -> list[str]:
     return [i for req in reqs for i in req.get("deviceIds", [])]
 
 
+def rendered_nginx_conf(run) -> str:
+    """The nginx.conf the one-shot config job writes into the running Nginx's volume."""
+    return uploads(run.containers()["lb-config"])["/incoming/nginx.conf"]
+
+
 def upstream_servers(stack: str) -> dict[str, list[str]]:
-    conf = uploads(stack_run(stack).containers()[f"{stack}-nginx"])["/etc/nginx/nginx.conf"]
+    conf = rendered_nginx_conf(stack_run(stack))
     blocks = re.findall(r"upstream (\S+) \{(.*?)\}", conf, re.S)
     return {name: re.findall(r"server (\S+) max_fails", body) for name, body in blocks}
 
@@ -202,7 +207,7 @@ def test_scaling_replicas_in_the_config_changes_upstreams_and_targets_together()
     raw["models"][0]["replicas"] = 3
     raw["hosts"][0]["cpus"] = 6
     run = run_raw("local", raw)
-    conf = uploads(run.containers()["local-nginx"])["/etc/nginx/nginx.conf"]
+    conf = rendered_nginx_conf(run)
     assert re.findall(r"server (\S+) max_fails", conf) == ["local-qwen-0:8000", "local-qwen-1:8000", "local-qwen-2:8000"]
     prom = yaml.safe_load(uploads(run.containers()["local-prometheus"])["/etc/prometheus/prometheus.yml"])
     vllm_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "vllm")
