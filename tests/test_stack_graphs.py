@@ -255,3 +255,17 @@ def test_readme_config_reference_matches_the_typed_config():
 
     text = README.read_text()
     assert updated(text) == text, "README's config table is stale: run `python -m fleet.config_reference`"
+
+
+def test_the_seed_image_runtime_adds_its_opentelemetry_port_to_prometheus():
+    from support.stacks import raw_stack, run_raw
+
+    raw = raw_stack("prod")
+    raw["models"][2].update(runtime="seed-otel", image="registry.example/vllm-otel:0.32.0")
+    run = run_raw("prod", raw)
+    prom = yaml.safe_load(uploads(run.containers()["prod-prometheus"])["/etc/prometheus/prometheus.yml"])
+    otel = next(j for j in prom["scrape_configs"] if j["job_name"] == "vllm-otel")
+    assert [t for sc in otel["static_configs"] for t in sc["targets"]] == ["10.30.2.11:9000", "10.30.2.11:9001"]
+    server = run.containers()["prod-r1-distill-0"].inputs
+    assert server["entrypoints"] == ["/workspace/run.sh"]
+    assert {(p["internal"], p["external"]) for p in server["ports"]} == {(8000, 8000), (9464, 9000)}
