@@ -6,7 +6,9 @@ PY := $(VENV)/bin/python
 PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 LOCAL_PASSPHRASE := vllm-fleet-local
 
-.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean
+CHECKOV_VENV := .venv-checkov
+
+.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov
 
 # Debian tools the tests run for real: nginx (nginx -t, the live load balancer) and Prometheus
 # (promtool, the live Prometheus).
@@ -25,7 +27,19 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
-setup: system-deps $(VENV)/.installed
+# checkov pins packaging==23.2, which conflicts with pulumi: it gets a venv of its own.
+$(CHECKOV_VENV)/.installed:
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install -q $(PIP_FLAGS) checkov==3.3.30
+	touch $@
+
+checkov-setup: $(CHECKOV_VENV)/.installed
+
+setup: system-deps $(VENV)/.installed $(CHECKOV_VENV)/.installed
+
+checkov: checkov-setup render
+	$(CHECKOV_VENV)/bin/checkov -d build/$(STACK)/k8s --framework kubernetes --skip-download --compact
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -129,7 +129,7 @@ def parse(raw: dict[str, Any], hf_id: str, source: str, key: str) -> Architectur
         head_dim=int(head_dim),
         vocab_size=cfg["vocab_size"],
         max_position_embeddings=int(max_pos),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", model_type.startswith("gemma"))),
         torch_dtype=dtype,
         qkv_bias=bool(cfg.get("attention_bias", model_type in QKV_BIAS_FAMILIES) or cfg.get("qkv_bias", False)),
         o_bias=bool(cfg.get("attention_bias", False)),

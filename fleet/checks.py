@@ -4,6 +4,7 @@ Each rule raises one ConfigError naming the key path, the value, what is allowed
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from fleet import images
@@ -24,10 +25,18 @@ NEEDS_DRAFT_MODEL = ("draft_model", "eagle", "eagle3")
 
 
 def check_fleet(cfg: FleetConfig) -> None:
-    _check_hosts(cfg)
+    if cfg.target == "kubernetes":
+        _check_kubernetes(cfg)
+    else:
+        _check_docker_target(cfg)
+        _check_hosts(cfg)
     _check_models(cfg)
-    _check_roles_and_ports(cfg)
+    if cfg.target == "docker":
+        _check_roles_and_ports(cfg)
     _check_images(cfg)
+    from fleet.memory_plan import check_memory  # the capacity planner's checks (issue 4)
+
+    check_memory(cfg)
 
 
 def _duplicate(names: list[str]) -> str | None:
@@ -69,7 +78,9 @@ def _check_models(cfg: FleetConfig) -> None:
     cpu_hosts = [h for h in cfg.hosts if h.gpus == 0]
     for i, m in enumerate(cfg.models):
         k = f"models[{i}]"
-        if m.device == "cpu":
+        if cfg.target == "kubernetes":
+            pass  # devices and GPU generations are matched against node pools (_check_kubernetes, fleet.k8s_plan)
+        elif m.device == "cpu":
             if not cpu_hosts:
                 raise ConfigError(f"{k}.device", "cpu", "no CPU host (gpus: 0) in the inventory",
                                   "`gpu` on GPU hosts, `cpu` on hosts with gpus: 0", f"add a CPU host or set `{k}.device: gpu`")
@@ -112,6 +123,99 @@ def _check_models(cfg: FleetConfig) -> None:
             if name in MANAGED_ENV:
                 raise ConfigError(f"{k}.env.{name}", m.env[name], "this variable is derived from the inventory",
                                   "variables the program does not set", "use the host keys (gpus, nccl_socket_ifname, nvlink) or secrets")
+
+
+def _check_docker_target(cfg: FleetConfig) -> None:
+    if not cfg.hosts:
+        raise ConfigError("hosts", cfg.hosts, "the docker target needs at least 1 host",
+                          "a list of at least 1 host object (name, docker_host, address, gpus, ...)",
+                          f"add the Docker hosts under `hosts` in stacks/Pulumi.{cfg.stack}.yaml, or set `target: kubernetes`")
+    if cfg.kubernetes is not None:
+        raise ConfigError("kubernetes", "<section>", "the `kubernetes` section is only read by the kubernetes target",
+                          "no `kubernetes` section with target docker", "remove it, or set `target: kubernetes`")
+
+
+# Keys that describe Docker hosts and published ports; on a cluster they would be silently ignored.
+DOCKER_ONLY_KEYS = (("load_balancer", ("host", "bind_address")),
+                    ("monitoring", ("host", "bind_address", "prometheus_port", "grafana_port", "prometheus_image", "grafana_image")))
+
+
+def _check_kubernetes(cfg: FleetConfig) -> None:
+    """The kubernetes target: its section, its node pools and what it cannot honour."""
+    k8s = cfg.kubernetes
+    if k8s is None:
+        raise ConfigError("kubernetes", None, "target kubernetes needs a `kubernetes` section",
+                          "an object with at least `node_pools` (see the README's config reference)",
+                          f"add `vllm-fleet:kubernetes` with its node pools to stacks/Pulumi.{cfg.stack}.yaml")
+    if cfg.hosts:
+        raise ConfigError("hosts", [h.name for h in cfg.hosts], "Docker hosts are not used by the kubernetes target",
+                          "no `hosts` with target kubernetes (node pools describe the GPUs)",
+                          "remove `hosts`, or set `target: docker`")
+    for section, keys in DOCKER_ONLY_KEYS:
+        obj = getattr(cfg, section)
+        for key in keys:
+            if key in obj.model_fields_set:
+                raise ConfigError(f"{section}.{key}", getattr(obj, key), "a Docker-target key has no meaning on Kubernetes",
+                                  "Kubernetes equivalents under `kubernetes` (service_type, monitoring.*)",
+                                  f"remove `{section}.{key}`")
+    pools = k8s.node_pools
+    dup = _duplicate([p.name for p in pools])
+    if dup:
+        i = [p.name for p in pools].index(dup)
+        raise ConfigError(f"kubernetes.node_pools[{i}].name", dup, "two node pools share this name",
+                          "unique pool names", "rename one of the pools")
+    model_names = [m.name for m in cfg.models]
+    claimed: dict[str, str] = {}
+    for i, pool in enumerate(pools):
+        if pool.gpu_model not in GPU_MODELS:
+            raise ConfigError(f"kubernetes.node_pools[{i}].gpu_model", pool.gpu_model, "unknown GPU model",
+                              ", ".join(GPU_MODELS), "use the closest listed model (memory and generation matter)")
+        for j, name in enumerate(pool.models):
+            if name not in model_names:
+                raise ConfigError(f"kubernetes.node_pools[{i}].models[{j}]", name, "no model has this name",
+                                  ", ".join(model_names), "name a model of `models`")
+            if name in claimed:
+                raise ConfigError(f"kubernetes.node_pools[{i}].models[{j}]", name,
+                                  f"model `{name}` is already assigned to pool `{claimed[name]}`",
+                                  "each model in at most one pool's `models`", "remove it from one of the pools")
+            claimed[name] = pool.name
+    for i, m in enumerate(cfg.models):
+        if m.device == "cpu":
+            raise ConfigError(f"models[{i}].device", "cpu", "the kubernetes target serves GPU models only",
+                              "`gpu` on the kubernetes target", "serve CPU models with the docker target")
+        for other in model_names:
+            if re.fullmatch(re.escape(other) + r"-[0-9]+", m.name):
+                # Replica addresses are `vllm-<model>-<index>`: `vllm-<other>-<n>` would name two things.
+                raise ConfigError(f"models[{i}].name", m.name, f"collides with the replica addresses of model `{other}`",
+                                  "model names that are not another model's name followed by -<number>",
+                                  f"rename `{m.name}`")
+    cache = k8s.hf_cache
+    if cache.type == "host_path" and not cache.host_path:
+        raise ConfigError("kubernetes.hf_cache.host_path", None, "hf_cache type host_path needs the node directory",
+                          "an absolute path, e.g. /data/hf-cache", "set `kubernetes.hf_cache.host_path`")
+    if cache.type == "pvc" and cache.host_path:
+        raise ConfigError("kubernetes.hf_cache.host_path", cache.host_path, "host_path is only read with type host_path",
+                          "no host_path with type pvc", "remove it, or set `kubernetes.hf_cache.type: host_path`")
+    seen: set[str] = set()
+    for i, auto in enumerate(k8s.autoscaling):
+        key = f"kubernetes.autoscaling[{i}]"
+        if auto.model not in model_names:
+            raise ConfigError(f"{key}.model", auto.model, "no model has this name", ", ".join(model_names), "name a model of `models`")
+        if auto.model in seen:
+            raise ConfigError(f"{key}.model", auto.model, "this model is already autoscaled", "one entry per model",
+                              "merge the entries")
+        seen.add(auto.model)
+        floor = cfg.models[model_names.index(auto.model)].replicas
+        if auto.max_replicas < floor:
+            raise ConfigError(f"{key}.max_replicas", auto.max_replicas, f"below the model's replicas ({floor}), its minimum",
+                              f"max_replicas >= {floor}", f"raise `{key}.max_replicas` or lower the model's replicas")
+        if not cfg.monitoring.enabled:
+            raise ConfigError(f"{key}.model", auto.model, "autoscaling queries Prometheus, but monitoring is disabled",
+                              "monitoring.enabled: true with autoscaling", "enable monitoring or remove `kubernetes.autoscaling`")
+        if k8s.monitoring.mode == "existing-operator" and not k8s.monitoring.prometheus_url:
+            raise ConfigError("kubernetes.monitoring.prometheus_url", None,
+                              "autoscaling with an existing Prometheus needs its URL", "an http(s) URL reachable from KEDA",
+                              "set `kubernetes.monitoring.prometheus_url`, e.g. http://prometheus-operated.monitoring.svc:9090")
 
 
 def _check_gpu_generation(cfg: FleetConfig, i: int) -> None:

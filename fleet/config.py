@@ -20,7 +20,11 @@ from fleet.gpus import GPU_MODELS
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
 SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password")
-TOP_LEVEL_KEYS = ("hosts", "models", "load_balancer", "monitoring", "nccl_debug", "environment")
+TOP_LEVEL_KEYS = ("target", "hosts", "kubernetes", "models", "load_balancer", "monitoring", "nccl_debug", "environment")
+K8S_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
+# Helm chart versions the Kubernetes target installs (a stack file may override them).
+KUBE_PROMETHEUS_STACK_CHART = "75.6.2"
+LWS_CHART = "0.8.0"
 
 
 class Strict(BaseModel):
@@ -117,9 +121,9 @@ class Model(Strict):
 
 
 class LoadBalancer(Strict):
-    host: Optional[str] = Field(None, description="Host that runs Nginx; default: the first host.")
+    host: Optional[str] = Field(None, description="Host that runs Nginx; default: the first host (docker target).")
     port: int = Field(80, ge=1, le=65535, description="Public port of the OpenAI-compatible API.")
-    bind_address: str = Field("0.0.0.0", description="Address the public port binds to.")
+    bind_address: str = Field("0.0.0.0", description="Address the public port binds to (docker target).")
     policy: Literal["least_conn", "round_robin", "session_affinity"] = Field(
         "least_conn", description="Balancing policy; `session_affinity` hashes `session_header`."
     )
@@ -136,10 +140,10 @@ class LoadBalancer(Strict):
 
 class Monitoring(Strict):
     enabled: bool = Field(True, description="Deploy Prometheus, Grafana and exporters.")
-    host: Optional[str] = Field(None, description="Host for Prometheus and Grafana; default: the load balancer's host.")
-    bind_address: str = Field("127.0.0.1", description="Address Prometheus and Grafana ports bind to (reach them over SSH).")
-    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus UI/API port.")
-    grafana_port: int = Field(3000, ge=1, le=65535, description="Grafana port.")
+    host: Optional[str] = Field(None, description="Host for Prometheus and Grafana; default: the load balancer's host (docker target).")
+    bind_address: str = Field("127.0.0.1", description="Address Prometheus and Grafana ports bind to, reached over SSH (docker target).")
+    prometheus_port: int = Field(9090, ge=1, le=65535, description="Prometheus UI/API port (docker target).")
+    grafana_port: int = Field(3000, ge=1, le=65535, description="Grafana port (docker target).")
     scrape_interval_s: int = Field(15, ge=1, le=300, description="Prometheus scrape interval.")
     retention: str = Field("15d", pattern=r"^[0-9]+(h|d|w|y)$", description="Prometheus retention.")
     replica_down_for: str = Field("1m", pattern=r"^[0-9]+(s|m|h)$", description="How long a replica is down before the alert fires.")
@@ -147,10 +151,86 @@ class Monitoring(Strict):
     ttft_p99_alert_s: float = Field(5.0, gt=0, description="p99 time to first token that alerts.")
     gpu_exporter: bool = Field(True, description="Run the DCGM exporter on every GPU host.")
     nginx_exporter: bool = Field(True, description="Run the Nginx exporter beside the load balancer.")
-    prometheus_image: str = Field(images.PROMETHEUS, description="Prometheus image.")
-    grafana_image: str = Field(images.GRAFANA, description="Grafana image.")
+    prometheus_image: str = Field(images.PROMETHEUS, description="Prometheus image (docker target; on Kubernetes the chart pins it).")
+    grafana_image: str = Field(images.GRAFANA, description="Grafana image (docker target; on Kubernetes the chart pins it).")
     nginx_exporter_image: str = Field(images.NGINX_EXPORTER, description="Nginx exporter image.")
     dcgm_exporter_image: str = Field(images.DCGM_EXPORTER, description="NVIDIA DCGM exporter image.")
+
+
+# --- the Kubernetes target --------------------------------------------------------------------
+
+
+class Toleration(Strict):
+    key: Optional[str] = Field(None, description="Taint key to tolerate (none with operator Exists: every taint).")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="`Equal` matches key and value; `Exists` the key alone.")
+    value: Optional[str] = Field(None, description="Taint value (operator Equal).")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(
+        None, description="Taint effect to tolerate; default: all effects.")
+
+
+class NodePool(Strict):
+    name: str = Field(pattern=DNS_LABEL, description="Short pool name, used in errors and the plan.")
+    gpus_per_node: int = Field(ge=1, le=16, description="GPUs of one node (`nvidia.com/gpu` allocatable); decides single- vs multi-node replicas.")
+    gpu_model: str = Field(description=f"GPU model of the pool, one of {', '.join(GPU_MODELS)}.")
+    nodes: Optional[int] = Field(
+        None, ge=1, le=1000, description="Nodes in the pool (or its autoscaler's maximum); when set, the plan checks that every pod fits.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels that select the pool's nodes (pod `nodeSelector`).")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints of the pool's nodes that its pods tolerate.")
+    models: list[str] = Field(
+        default_factory=list, description="Models this pool serves; models named by no pool go to the first pool with an empty list that fits them.")
+    nvlink: bool = Field(False, description="GPUs joined by NVLink; when false, multi-GPU pods get `NCCL_P2P_DISABLE=1`.")
+    nccl_socket_ifname: str = Field(
+        "eth0", pattern=r"^[A-Za-z0-9_.,^=-]+$", description="Pod network interface NCCL and Gloo use between the nodes of a replica.")
+    cpu_per_gpu: float = Field(8, gt=0, le=256, description="CPU cores a vLLM pod requests per GPU it owns.")
+    memory_gib_per_gpu: int = Field(96, ge=1, le=4096, description="Memory (GiB) a vLLM pod requests and is limited to per GPU, besides its /dev/shm.")
+
+
+class HfCache(Strict):
+    type: Literal["pvc", "host_path"] = Field(
+        "pvc", description="`pvc`: one shared ReadWriteMany claim for every vLLM pod; `host_path`: a directory on each node.")
+    storage_class: Optional[str] = Field(None, description="StorageClass of the claim (ReadWriteMany: NFS, CephFS, EFS, Filestore, Lustre...); default: the cluster's default.")
+    size: str = Field("1Ti", pattern=K8S_QUANTITY, description="Size of the claim.")
+    host_path: Optional[str] = Field(None, pattern=r"^/", description="Node directory for type host_path.")
+
+
+class K8sMonitoring(Strict):
+    mode: Literal["kube-prometheus-stack", "existing-operator"] = Field(
+        "kube-prometheus-stack",
+        description="`kube-prometheus-stack`: install that Helm chart; `existing-operator`: a Prometheus Operator and Grafana already run.")
+    namespace: str = Field("monitoring", pattern=DNS_LABEL, description="Namespace of Prometheus and Grafana (their dashboards and the GPU exporter go there).")
+    chart_version: str = Field(KUBE_PROMETHEUS_STACK_CHART, pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Pinned kube-prometheus-stack chart version.")
+    monitor_labels: dict[str, str] = Field(
+        default_factory=dict, description="Labels an existing Prometheus selects monitors and rules by (e.g. `release: kube-prometheus-stack`).")
+    prometheus_url: Optional[str] = Field(
+        None, pattern=r"^https?://", description="Prometheus URL in the cluster, for KEDA; default: the installed chart's service.")
+
+
+class Autoscaling(Strict):
+    model: str = Field(description="Name of the model to scale; its `replicas` is the minimum.")
+    max_replicas: int = Field(ge=1, le=64, description="Most replicas KEDA may run; Nginx upstreams cover all of them.")
+    waiting_per_replica: int = Field(
+        8, ge=1, le=10_000, description="Target `vllm:num_requests_waiting` per replica (KEDA Prometheus trigger, average value).")
+    polling_interval_s: int = Field(30, ge=5, le=3600, description="How often KEDA queries Prometheus.")
+    cooldown_s: int = Field(900, ge=60, le=86400, description="Quiet time before KEDA scales a model back down.")
+
+
+class Kubernetes(Strict):
+    kubeconfig: Optional[str] = Field(None, description="Path of the kubeconfig file; default: `$KUBECONFIG` or `~/.kube/config`.")
+    context: Optional[str] = Field(None, description="kubeconfig context; default: its current context.")
+    namespace: str = Field("vllm-fleet", pattern=DNS_LABEL, description="Namespace of the fleet's workloads.")
+    create_namespace: bool = Field(True, description="Create the namespace (and the monitoring one when the chart is installed).")
+    node_pools: list[NodePool] = Field(min_length=1, description="GPU node pools (list of pool objects below).")
+    hf_cache: HfCache = Field(default_factory=HfCache, description="Hugging Face cache volume of the vLLM pods.")
+    install_lws: bool = Field(False, description="Install the LeaderWorkerSet controller (Helm chart) for multi-node models; otherwise it must already run.")
+    lws_chart_version: str = Field(LWS_CHART, pattern=r"^[0-9]+\.[0-9]+\.[0-9]+$", description="Pinned LeaderWorkerSet chart version.")
+    service_type: Literal["ClusterIP", "LoadBalancer", "NodePort"] = Field(
+        "ClusterIP", description="Type of the Service in front of Nginx.")
+    service_annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations of that Service (cloud load balancer settings).")
+    nginx_replicas: int = Field(2, ge=1, le=32, description="Nginx pods.")
+    monitoring: K8sMonitoring = Field(default_factory=K8sMonitoring, description="Cluster monitoring (object below).")
+    autoscaling: list[Autoscaling] = Field(
+        default_factory=list, description="KEDA autoscaling of models on waiting requests (needs KEDA in the cluster).")
 
 
 class FleetConfig(Strict):
@@ -160,7 +240,11 @@ class FleetConfig(Strict):
     environment: Literal["local", "dev", "staging", "prod"] = Field(
         "prod", description="Kind of environment; only `local` may run unpinned images."
     )
-    hosts: list[Host] = Field(min_length=1, description="The Docker hosts (list of host objects below).")
+    target: Literal["docker", "kubernetes"] = Field(
+        "docker", description="Where the fleet runs: Docker `hosts`, or a Kubernetes cluster (`kubernetes`).")
+    hosts: list[Host] = Field(
+        default_factory=list, description="The Docker hosts (list of host objects below); at least 1 for target docker.")
+    kubernetes: Optional[Kubernetes] = Field(None, description="The cluster (object below); required for target kubernetes.")
     models: list[Model] = Field(min_length=1, description="The models to serve (list of model objects below).")
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer, description="The Nginx load balancer.")
     monitoring: Monitoring = Field(default_factory=Monitoring, description="Prometheus, Grafana, exporters, alerts.")
@@ -171,6 +255,12 @@ class FleetConfig(Strict):
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
+
+    @property
+    def has_gpus(self) -> bool:
+        if self.target == "kubernetes":
+            return bool(self.kubernetes and self.kubernetes.node_pools)
+        return any(h.gpus for h in self.hosts)
 
     @property
     def lb_host(self) -> Host:

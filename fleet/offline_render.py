@@ -3,6 +3,9 @@
 Runs the real program under Pulumi's mocks (no CLI, no Docker), so the files are exactly the ones
 `pulumi up` would upload: nginx.conf, Prometheus config and rules, Grafana provisioning and
 dashboards, each container's full spec and vLLM command line, and a listing of all resources.
+For the Kubernetes target: every object the program declares as a manifest under `k8s/`
+(`k8s/<namespace>/<kind>-<name>.yaml`), each Helm release's chart and values under `helm/`, and
+the same nginx.conf, alert rules and vLLM command lines.
 Secrets are redacted; the render fails if any secret value is found in what it wrote.
 
 Usage: python -m fleet.offline_render STACK [--out DIR]
@@ -40,6 +43,7 @@ def artifacts(run: MockRun) -> dict[str, str]:
             files[f"vllm/{name}.sh"] = command_script(argv, spec.get("envs") or [])
         for path, content in uploads.items():
             files[FRIENDLY.get((role, path), f"{role}{path}")] = content
+    files.update(k8s_artifacts(run))
     lines = [f"{r.typ:55} {r.name}" for r in run.resources]
     files["resources.txt"] = "\n".join(sorted(lines)) + "\n"
     files["outputs.json"] = json.dumps(run.outputs, indent=2, sort_keys=True, default=str) + "\n"
@@ -96,6 +100,88 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {len(files)} files under {out}/")
     return 0
+
+
+# --- the Kubernetes target: every declared object, as the manifest the cluster receives ---------
+
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def _manifest_value(value):
+    """Recorded inputs as manifest values: secret values redacted (a Secret keeps its keys), and
+    the mocks' floats back to the integers they were."""
+    from fleet.mock_run import is_secret
+
+    if is_secret(value):
+        inner = value.get("value")
+        return {k: SECRET_MARK for k in inner} if isinstance(inner, dict) else SECRET_MARK
+    if isinstance(value, dict):
+        return {k: _manifest_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_manifest_value(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def k8s_manifests(run: MockRun) -> list[dict]:
+    """Every Kubernetes object the program declared (not the provider, not Helm releases)."""
+    out = []
+    for r in run.resources:
+        if not r.typ.startswith("kubernetes:") or r.typ == HELM_RELEASE:
+            continue
+        body = _manifest_value(dict(r.inputs))
+        head = {"apiVersion": body.pop("apiVersion"), "kind": body.pop("kind"), "metadata": body.pop("metadata", {})}
+        out.append({**head, **body})
+    return out
+
+
+def manifest_path(m: dict) -> str:
+    ns = m["metadata"].get("namespace") or "_cluster"
+    return f"k8s/{ns}/{m['kind'].lower()}-{m['metadata']['name']}.yaml"
+
+
+def k8s_artifacts(run: MockRun) -> dict[str, str]:
+    import yaml
+
+    from fleet.render import HEADER
+
+    def dump(doc) -> str:
+        # Sorted keys: apiVersion, kind, metadata, spec come first, and reviews diff stably.
+        return f"# {HEADER}\n" + yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, width=120)
+
+    files: dict[str, str] = {}
+    for m in k8s_manifests(run):
+        files[manifest_path(m)] = dump(m)
+        kind, name = m["kind"], m["metadata"]["name"]
+        if kind == "ConfigMap" and "nginx.conf" in m.get("data", {}):
+            files["nginx/nginx.conf"] = m["data"]["nginx.conf"]
+        if kind == "PrometheusRule":
+            files["prometheus/rules/vllm-fleet.yml"] = dump({"groups": m["spec"]["groups"]})
+        templates = {}
+        if kind == "StatefulSet":
+            templates["server"] = m["spec"]["template"]
+        if kind == "LeaderWorkerSet":
+            lwt = m["spec"]["leaderWorkerTemplate"]
+            templates = {"leader": lwt["leaderTemplate"], "worker": lwt["workerTemplate"]}
+        for role, template in templates.items():
+            container = template["spec"]["containers"][0]
+            files[f"vllm/{name}-{role}.sh"] = command_script(container["command"] + container["args"],
+                                                             [_env_line(e) for e in container.get("env", [])])
+    for r in run.of_type(HELM_RELEASE):
+        release = _manifest_value(dict(r.inputs))
+        files[f"helm/{release.get('name', r.name)}.yaml"] = dump(release)
+    return files
+
+
+def _env_line(env: dict) -> str:
+    source = env.get("valueFrom")
+    if source is None:
+        return f"{env['name']}={env.get('value', '')}"
+    if "secretKeyRef" in source:
+        ref = source["secretKeyRef"]
+        return f"{env['name']}={SECRET_MARK} (Secret {ref['name']}, key {ref['key']})"
+    return f"{env['name']}=$({source.get('fieldRef', {}).get('fieldPath', '?')}) (set by Kubernetes)"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""NginxGateway: the public entry point, Nginx pods on the same rendered nginx.conf as on Docker."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+
+from components.k8s import manifests as mf
+from components.k8s.fleet_namespace import FleetNamespace
+from components.k8s.resources import declare
+from fleet.k8s_plan import K8sPlan
+
+
+@dataclass
+class NginxGatewayArgs:
+    plan: K8sPlan
+    fleet: FleetNamespace
+    replica_services: list[pulumi.Resource]  # Nginx resolves their names when it starts
+
+
+class NginxGateway(pulumi.ComponentResource):
+    nginx_conf: pulumi.Output[str]
+    url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: NginxGatewayArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+        super().__init__("vllm-fleet:k8s:NginxGateway", name, None, opts)
+        plan = args.plan
+        conf = plan.nginx_conf()
+        base = args.fleet.child_opts.merge(pulumi.ResourceOptions(parent=self))
+        self.config_map = declare(f"{name}-conf", mf.nginx_config_map(plan, conf), base)
+        self.deployment = declare(f"{name}-nginx", mf.nginx_deployment(plan, conf), base.merge(pulumi.ResourceOptions(
+            depends_on=[self.config_map, args.fleet.service_account, *args.replica_services])))
+        self.service = declare(f"{name}-service", mf.nginx_service(plan), base)
+        self.disruption_budget = declare(f"{name}-pdb", mf.nginx_disruption_budget(plan), base)
+        self.network_policy = declare(f"{name}-netpol", mf.nginx_network_policy(plan), base)
+        port = plan.cfg.load_balancer.port
+        in_cluster = f"http://{mf.NGINX_NAME}.{plan.namespace}.svc.cluster.local:{port}/v1"
+
+        def public(status) -> str:
+            """The cloud load balancer's address once it has one; the in-cluster URL until then."""
+            balancer = getattr(status, "load_balancer", None)
+            for item in getattr(balancer, "ingress", None) or []:
+                if item.hostname or item.ip:
+                    return f"http://{item.hostname or item.ip}:{port}/v1"
+            return in_cluster
+
+        self.nginx_conf = pulumi.Output.from_input(conf)
+        self.url = self.service.status.apply(public) if plan.k8s.service_type == "LoadBalancer" else pulumi.Output.from_input(in_cluster)
+        self.register_outputs({"url": self.url, "nginx_conf": self.nginx_conf})

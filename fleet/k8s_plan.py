@@ -1,0 +1,312 @@
+"""The Kubernetes plan: every vLLM workload of a stack on its GPU node pool, as plain data.
+
+`build_k8s_plan()` is pure, like `fleet.plan.build_plan()` for the Docker target: the Pulumi
+components, the offline render and the tests all start here.
+
+- Each model runs on one node pool: a pool that names it in `models`, otherwise the first pool
+  with an empty `models` list that can run it (right GPU generation; single-node fits first).
+- A replica that fits one node (tp x pp <= gpus_per_node) is one pod of a StatefulSet; a larger
+  one is one LeaderWorkerSet group of `nodes` pods, whole pipeline stages per pod, so tensor
+  groups never cross nodes (the same rule as Docker hosts).
+- Every replica has a stable address, a ClusterIP Service of its own named like its pod
+  (`vllm-<model>-<i>`): Nginx resolves it once at start, and it keeps pointing at the replica
+  when the pod is rescheduled with a new IP.
+- The vLLM command lines come from `fleet.vllm_command.serve_args`, as on Docker; only what the
+  cluster decides at run time is left to Kubernetes' `$(VAR)` expansion (the group leader's
+  address and the worker index that LeaderWorkerSet injects).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import yaml
+
+from fleet import vllm_command as vc
+from fleet.artifacts import alert_rules, nginx_conf
+from fleet.config import Autoscaling, FleetConfig, Host, Kubernetes, Model, NodePool
+from fleet.errors import ConfigError
+from fleet.gpus import GPU_MODELS
+from fleet.placement import ReplicaPlacement, Shard
+
+API_PORT = vc.API_PORT
+MASTER_PORT = 29500  # every pod has its own IP: one fixed rendezvous port is enough
+SERVICE_PORT_NAME = "http"
+SHM_PATH = "/dev/shm"
+# What LeaderWorkerSet injects into every pod of a group (kubelet expands `$(VAR)` in args).
+LWS_LEADER_ADDRESS = "$(LWS_LEADER_ADDRESS)"
+LWS_WORKER_INDEX = "$(LWS_WORKER_INDEX)"
+PART_OF = "vllm-fleet"
+
+
+@dataclass(frozen=True)
+class PodRole:
+    """One pod template of a workload: the API server (rank 0) or a headless worker."""
+
+    role: Literal["server", "worker"]
+    command: list[str]
+    args: list[str]
+    env: dict[str, str]
+    secret_env: dict[str, str]  # variable -> Pulumi secret name (api_key, hf_token)
+    field_env: dict[str, str]  # variable -> pod field (status.podIP)
+
+
+@dataclass
+class Workload:
+    """One model on the cluster: a StatefulSet, or a LeaderWorkerSet for multi-node replicas."""
+
+    model: Model
+    model_index: int
+    pool: NodePool
+    pool_index: int
+    namespace: str
+    nodes: int  # pods per replica
+    gpus_per_pod: int
+    max_replicas: int
+    autoscaling: Optional[Autoscaling]
+    server: PodRole
+    worker: Optional[PodRole]
+
+    @property
+    def name(self) -> str:
+        return f"vllm-{self.model.name}"
+
+    @property
+    def kind(self) -> Literal["StatefulSet", "LeaderWorkerSet"]:
+        return "LeaderWorkerSet" if self.nodes > 1 else "StatefulSet"
+
+    @property
+    def multi_node(self) -> bool:
+        return self.nodes > 1
+
+    @property
+    def replicas(self) -> int:
+        """The replicas Pulumi declares; KEDA may run up to `max_replicas`."""
+        return self.model.replicas
+
+    def replica_name(self, i: int) -> str:
+        return f"{self.model.name}-{i}"
+
+    def replica_service(self, i: int) -> str:
+        """The Service of replica `i`, named like its (leader) pod."""
+        return f"{self.name}-{i}"
+
+    def endpoint(self, i: int) -> str:
+        return f"{self.replica_service(i)}.{self.namespace}.svc.cluster.local:{API_PORT}"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.endpoint(i) for i in range(self.max_replicas)]
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.nodes * self.gpus_per_pod
+
+    @property
+    def shm_mib(self) -> int:
+        return self.model.shm_size_mb
+
+    @property
+    def memory_gib(self) -> int:
+        """Memory request and limit of a vLLM container (its /dev/shm counts against the pod's memory)."""
+        return self.pool.memory_gib_per_gpu * self.gpus_per_pod + math.ceil(self.shm_mib / 1024)
+
+    @property
+    def cpu(self) -> str:
+        cores = self.pool.cpu_per_gpu * self.gpus_per_pod
+        return str(int(cores)) if float(cores).is_integer() else f"{int(cores * 1000)}m"
+
+
+@dataclass
+class K8sPlan:
+    cfg: FleetConfig
+    k8s: Kubernetes
+    workloads: list[Workload]
+
+    @property
+    def namespace(self) -> str:
+        return self.k8s.namespace
+
+    def upstreams(self) -> dict[str, list[str]]:
+        return {w.model.name: w.endpoints for w in self.workloads}
+
+    def nginx_conf(self) -> str:
+        """The same renderer as the Docker target, with the replicas' Service addresses."""
+        return nginx_conf(self.cfg, self.upstreams())
+
+    def alert_rules(self) -> str:
+        return alert_rules_for(self.cfg)
+
+    def alert_groups(self) -> list[dict]:
+        return yaml.safe_load(self.alert_rules())["groups"]
+
+
+def alert_rules_for(cfg: FleetConfig) -> str:
+    """`fleet.artifacts.alert_rules` with the GPU alerts a cluster with GPU pools needs.
+
+    That renderer decides on GPU alerts from the Docker hosts, which a Kubernetes stack has none
+    of; it sees the node pools as hosts here. (Once it asks `cfg.has_gpus`, this goes away.)
+    """
+    if cfg.target != "kubernetes" or cfg.kubernetes is None:
+        return alert_rules(cfg)
+    pools_as_hosts = [Host(name=p.name, gpus=p.gpus_per_node, gpu_model=p.gpu_model) for p in cfg.kubernetes.node_pools]
+    return alert_rules(cfg.model_copy(update={"hosts": pools_as_hosts}))
+
+
+# --- naming and labels ---------------------------------------------------------------------------
+
+
+def selector_labels(component: str, instance: str) -> dict[str, str]:
+    """The stable subset of labels that selectors use (never changed once deployed)."""
+    return {"app.kubernetes.io/name": component, "app.kubernetes.io/instance": instance}
+
+
+def labels(cfg: FleetConfig, component: str, instance: str, role: str, **extra: str) -> dict[str, str]:
+    return {**selector_labels(component, instance), "app.kubernetes.io/component": role,
+            "app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": "vllm-fleet",
+            "vllm-fleet/stack": cfg.stack, **extra}
+
+
+def workload_labels(plan: K8sPlan, w: Workload, role: str) -> dict[str, str]:
+    return labels(plan.cfg, "vllm", w.name, role, **{"vllm-fleet/model": w.model.name,
+                                                     "vllm-fleet/runtime": w.model.runtime})
+
+
+# --- planning ------------------------------------------------------------------------------------
+
+
+def build_k8s_plan(cfg: FleetConfig) -> K8sPlan:
+    k8s = cfg.kubernetes
+    assert k8s is not None and cfg.target == "kubernetes", "build_k8s_plan needs a validated kubernetes stack"
+    auto = {a.model: a for a in k8s.autoscaling}
+    workloads = []
+    for i, model in enumerate(cfg.models):
+        j, nodes = choose_pool(cfg, i)
+        pool = k8s.node_pools[j]
+        scaling = auto.get(model.name)
+        workloads.append(_workload(cfg, k8s, i, model, j, pool, nodes, scaling))
+    _check_capacity(k8s, workloads)
+    return K8sPlan(cfg, k8s, workloads)
+
+
+def nodes_per_replica(model: Model, gpus_per_node: int) -> Optional[int]:
+    """Pods (nodes) one replica needs, or None when no split keeps tensor groups within a node."""
+    need = model.gpus_per_replica
+    if need <= gpus_per_node:
+        return 1
+    if model.tensor_parallel_size > gpus_per_node:
+        return None
+    pp = model.pipeline_parallel_size
+    return next((n for n in range(2, pp + 1) if pp % n == 0 and need // n <= gpus_per_node), None)
+
+
+def choose_pool(cfg: FleetConfig, i: int) -> tuple[int, int]:
+    """The node pool (index) of `cfg.models[i]` and its pods per replica, or one ConfigError."""
+    k8s = cfg.kubernetes
+    model = cfg.models[i]
+    pools = k8s.node_pools
+    named = [j for j, p in enumerate(pools) if model.name in p.models]
+    candidates = named or [j for j, p in enumerate(pools) if not p.models]
+    if not candidates:
+        raise ConfigError(f"models[{i}].name", model.name, "no node pool serves this model: every pool lists other models",
+                          "a pool whose `models` names it, or a pool with an empty `models` list",
+                          f"add `{model.name}` to a pool's `models` under `kubernetes.node_pools`")
+    rejected: list[tuple[str, str]] = []
+    fits: list[tuple[bool, int, int]] = []
+    for j in candidates:
+        pool = pools[j]
+        gpu = GPU_MODELS[pool.gpu_model]
+        if model.quantization == "fp8" and not gpu.supports_fp8:
+            rejected.append((f"models[{i}].quantization", f"pool `{pool.name}` ({pool.gpu_model}) has no fp8 (needs Ada or Hopper)"))
+            continue
+        if model.dtype == "bfloat16" and not gpu.supports_bf16:
+            rejected.append((f"models[{i}].dtype", f"pool `{pool.name}` ({pool.gpu_model}) has no bfloat16 (needs Ampere or newer)"))
+            continue
+        nodes = nodes_per_replica(model, pool.gpus_per_node)
+        if nodes is None:
+            why = ("its tensor group is larger than a node" if model.tensor_parallel_size > pool.gpus_per_node
+                   else "no split of its pipeline stages into equal parts fits a node")
+            rejected.append((f"models[{i}].tensor_parallel_size",
+                             f"pool `{pool.name}` has {pool.gpus_per_node} GPUs per node and {why}"))
+            continue
+        fits.append((nodes > 1, j, nodes))
+    if not fits:
+        key = rejected[0][0]
+        raise ConfigError(
+            key, getattr(model, key.rsplit(".", 1)[1]),
+            f"no node pool can run `{model.name}` (tensor_parallel_size {model.tensor_parallel_size} x "
+            f"pipeline_parallel_size {model.pipeline_parallel_size}): " + "; ".join(r for _, r in rejected),
+            "tensor groups within one node; pipeline stages split evenly over nodes; a GPU generation with the dtype and quantization",
+            "lower tensor_parallel_size, raise pipeline_parallel_size to span nodes, or add a pool that fits",
+        )
+    _, j, nodes = min(fits)  # single-node first, then config order
+    return j, nodes
+
+
+def _pool_as_host(pool: NodePool) -> Host:
+    """What `fleet.vllm_command` needs of a machine, for a node of `pool`."""
+    return Host(name=pool.name, gpus=pool.gpus_per_node, gpu_model=pool.gpu_model, nvlink=pool.nvlink,
+                nccl_socket_ifname=pool.nccl_socket_ifname)
+
+
+def _workload(cfg: FleetConfig, k8s: Kubernetes, i: int, model: Model, j: int, pool: NodePool, nodes: int,
+              scaling: Optional[Autoscaling]) -> Workload:
+    gpus_per_pod = model.gpus_per_replica // nodes
+    shards = tuple(Shard(pool.name, tuple(range(gpus_per_pod)), rank) for rank in range(nodes))
+    placement = ReplicaPlacement(model.name, 0, shards)
+    env = vc.replica_env(cfg, model, placement, _pool_as_host(pool), None)
+    field_env = {}
+    if placement.multi_node:
+        # Docker passes the host's address; a pod's own IP is known only once it runs.
+        env.pop("VLLM_HOST_IP", None)
+        field_env["VLLM_HOST_IP"] = "status.podIP"
+    secret_env = vc.replica_secret_env(cfg)
+    command = ["/workspace/run.sh"] if model.runtime == "seed-otel" else list(vc.ENTRYPOINT)
+
+    def role_args(shard: Shard) -> list[str]:
+        args = vc.serve_args(model, placement, shard, port=API_PORT, master_addr=LWS_LEADER_ADDRESS, master_port=MASTER_PORT)
+        if shard.node_rank > 0:
+            # One worker template serves every worker of a group: its rank comes from the pod.
+            at = args.index("--node-rank") + 1
+            args[at] = LWS_WORKER_INDEX
+        return args
+
+    server = PodRole("server", command, role_args(shards[0]), env, secret_env, field_env)
+    worker = None
+    if placement.multi_node:
+        worker = PodRole("worker", command, role_args(shards[1]), env,
+                         {k: v for k, v in secret_env.items() if k == "HF_TOKEN"}, field_env)
+    return Workload(model=model, model_index=i, pool=pool, pool_index=j, namespace=k8s.namespace, nodes=nodes,
+                    gpus_per_pod=gpus_per_pod, max_replicas=scaling.max_replicas if scaling else model.replicas,
+                    autoscaling=scaling, server=server, worker=worker)
+
+
+def _check_capacity(k8s: Kubernetes, workloads: list[Workload]) -> None:
+    """When a pool states its node count, every pod (at the autoscaling maximum) must fit on it."""
+    for j, pool in enumerate(k8s.node_pools):
+        if pool.nodes is None:
+            continue
+        mine = [w for w in workloads if w.pool_index == j]
+        pods = sorted((w.gpus_per_pod for w in mine for _ in range(w.max_replicas * w.nodes)), reverse=True)
+        free = [pool.gpus_per_node] * pool.nodes
+        for need in pods:  # first fit decreasing, as a scheduler would manage at best
+            at = next((n for n, f in enumerate(free) if f >= need), None)
+            if at is None:
+                total = sum(w.gpus_per_replica * w.max_replicas for w in mine)
+                detail = ", ".join(f"{w.model.name} {w.max_replicas} x {w.gpus_per_replica}" for w in mine)
+                raise ConfigError(
+                    f"kubernetes.node_pools[{j}].nodes", pool.nodes,
+                    f"the models on pool `{pool.name}` need {total} GPUs ({detail}; autoscaling maximums included) "
+                    f"in pods of up to {max(pods)} GPUs, which {pool.nodes} nodes of {pool.gpus_per_node} GPUs cannot hold",
+                    "enough nodes for every replica at its maximum", "add nodes, lower replicas or max_replicas, or add a pool")
+            free[at] -= need
+
+
+def pod_ports(w: Workload, role: PodRole) -> list[dict]:
+    if role.role == "worker":
+        return []
+    ports = [{"name": SERVICE_PORT_NAME, "containerPort": API_PORT, "protocol": "TCP"}]
+    if w.model.runtime == "seed-otel":
+        ports.append({"name": "otel", "containerPort": vc.OTEL_PORT, "protocol": "TCP"})
+    return ports

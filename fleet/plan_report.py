@@ -1,0 +1,193 @@
+"""`make plan STACK=<name>`: the capacity plan of a stack, before anything is deployed.
+
+Prints, per model, the GPUs of a replica, parameters, weights / KV budget per GPU, the KV tokens
+and the sequences of max_model_len that fit at once; then where every replica runs (host -> GPU
+ids -> replica) and notes. Reads the stack file only: secrets are not decrypted (only whether they
+are set matters), nothing is deployed. `plan_text(cfg)` is the same text, for the offline render.
+
+Usage: python -m fleet.plan_report STACK
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from fleet import images
+from fleet.config import SECRET_KEYS, FleetConfig, parse_config
+from fleet.errors import PROJECT, ConfigError
+from fleet.gpus import GPU_MODELS
+from fleet.memory_plan import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVERHEAD, MULTI_GPU_OVERHEAD, FleetCapacity,
+                               GiB, ModelMemory, plan_fleet)
+
+
+def raw_values(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stack file's `vllm-fleet:*` values, as parse_config takes them; secrets are only marked set."""
+    from fleet.mock_run import stack_config
+
+    config, secret_keys, _ = stack_config(doc, None)
+    raw: dict[str, Any] = {}
+    prefix = f"{PROJECT}:"
+    for key, text in config.items():
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix):]
+        if key in secret_keys or name in SECRET_KEYS:
+            raw[name] = True
+            continue
+        try:
+            raw[name] = json.loads(text)
+        except ValueError:
+            raw[name] = text
+    return raw
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def _params(n: int) -> str:
+    return f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
+    fmt = lambda r: "  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return [fmt(header), fmt(["-" * w for w in widths]), *[fmt(r) for r in rows]]
+
+
+def _layout(p: ModelMemory) -> str:
+    m = p.model
+    if p.device == "cpu":
+        return "CPU"
+    return f"{p.gpus} x {p.device} (tp {m.tensor_parallel_size} x pp {m.pipeline_parallel_size})"
+
+
+def _precision(p: ModelMemory) -> str:
+    pr = p.precision
+    text = pr.weight_dtype + (f" + {pr.quantization}" if pr.quantization else "")
+    return text + (f", KV {pr.kv_dtype}" if pr.kv_dtype != pr.weight_dtype else "")
+
+
+def model_lines(cap: FleetCapacity) -> list[str]:
+    rows = []
+    for i, m in enumerate(cap.cfg.models):
+        if i in cap.unplanned:
+            rows.append([m.name, str(m.replicas), "-", "-", "-", "-", "-", "-", "-", cap.unplanned[i]])
+            continue
+        for p in cap.plans.get(i, {}).values():
+            budget = "CPU " + _gib(p.kv_budget_per_gpu) if p.device == "cpu" else _gib(p.kv_budget_per_gpu)
+            rows.append([
+                m.name, str(m.replicas), _layout(p), _params(p.params), _precision(p),
+                _gib(p.weight_bytes_per_gpu) if p.device != "cpu" else f"{_gib(p.weight_bytes)} (RAM)",
+                budget, f"{p.kv_tokens:,}", f"{p.max_model_len:,}",
+                f"{p.max_concurrency:.1f} (max_num_seqs {p.max_num_seqs})",
+            ])
+    return _table(rows, ["model", "replicas", "per replica", "params", "precision", "weights/GPU", "KV budget/GPU",
+                         "KV tokens", "max_model_len", "sequences at once"])
+
+
+def detail_lines(cap: FleetCapacity) -> list[str]:
+    out = []
+    for i, m in enumerate(cap.cfg.models):
+        a = cap.archs[i]
+        out.append(f"{m.name}: {m.hf_id} ({a.model_type}, {a.num_hidden_layers} layers, hidden {a.hidden_size}, "
+                   f"{a.num_attention_heads} heads / {a.num_key_value_heads} KV heads x {a.head_dim}, vocab {a.vocab_size:,}; "
+                   f"architecture from {a.source})")
+        for p in cap.plans.get(i, {}).values():
+            if p.device == "cpu":
+                out.append(f"  CPU: weights {_gib(p.weight_bytes)} in RAM; KV cache = cpu_kvcache_space_gib "
+                           f"{m.cpu_kvcache_space_gib} GiB at {p.kv_bytes_per_token:,} B/token, blocks of {CPU_BLOCK_SIZE}")
+                continue
+            draft = f" (draft {p.draft} included)" if p.draft else ""
+            out.append(
+                f"  {p.device}: {GPU_MODELS[p.device].cuda_total_gib} GiB x gpu_memory_utilization "
+                f"{m.gpu_memory_utilization} = {_gib(p.memory_per_gpu)} per GPU = weights {_gib(p.weight_bytes_per_gpu)}"
+                f"{draft} + activations/CUDA graphs {_gib(p.overhead_per_gpu)} + KV {_gib(p.kv_budget_per_gpu)}; "
+                f"KV {p.kv_bytes_per_token_per_gpu:,} B/token per GPU, blocks of {GPU_BLOCK_SIZE}")
+    return out
+
+
+def placement_lines(cap: FleetCapacity) -> list[str]:
+    cfg = cap.cfg
+    if getattr(cfg, "target", "docker") == "kubernetes":
+        rows = []
+        pools = cfg.kubernetes.node_pools if cfg.kubernetes else []
+        for m in cfg.models:
+            pool = next((p for p in pools if m.name in p.models), None) or next((p for p in pools if not p.models), None)
+            rows.append([pool.name if pool else "-", pool.gpu_model if pool else "-", m.name,
+                         f"{m.replicas} x {m.gpus_per_replica} GPUs"])
+        return _table(rows, ["node pool", "GPU", "model", "replicas"])
+    rows = []
+    for p in cap.placements:
+        for s in p.shards:
+            host = cfg.host(s.host)
+            ids = ",".join(map(str, s.gpu_ids)) if s.gpu_ids else "(CPU)"
+            part = f" (node {s.node_rank} of {len(p.shards)})" if p.multi_node else ""
+            rows.append([s.host, host.gpu_model or "-", ids, p.name + part])
+    for h in cfg.hosts:
+        used = {g for p in cap.placements for s in p.shards if s.host == h.name for g in s.gpu_ids}
+        free = [g for g in range(h.gpus) if g not in used]
+        if free:
+            rows.append([h.name, h.gpu_model or "-", ",".join(map(str, free)), "(free)"])
+    order = {h.name: n for n, h in enumerate(cfg.hosts)}
+    rows.sort(key=lambda r: (order[r[0]], r[3] == "(free)"))
+    return _table(rows, ["host", "GPU", "GPU ids", "replica"])
+
+
+def notes(cap: FleetCapacity) -> list[str]:
+    out = []
+    for i, m in enumerate(cap.cfg.models):
+        if m.device == "gpu" and m.replicas == 1:
+            out.append(f"- {m.name} runs a single replica: a restart, an upgrade or a failed GPU takes it offline "
+                       f"(replicas: 2 or more for zero-downtime updates).")
+        for p in cap.plans.get(i, {}).values():
+            if p.max_sequences < p.max_num_seqs and p.max_sequences < 8:
+                out.append(f"- {m.name} on {p.device}: only {p.max_sequences} sequence(s) of {p.max_model_len:,} tokens fit "
+                           "at once; longer queues, or lower max_model_len for more concurrency.")
+        if i in cap.unplanned:
+            out.append(f"- {m.name}: {cap.unplanned[i]}; vLLM's own startup check is the only memory check.")
+    return out
+
+
+def plan_text(cfg: FleetConfig) -> str:
+    """The capacity plan of a validated config, as `make plan` prints it."""
+    cap = plan_fleet(cfg)
+    lines = [f"Capacity plan of stack `{cfg.stack}` (vLLM {images.VLLM_VERSION})", ""]
+    lines += model_lines(cap)
+    lines += ["", *detail_lines(cap), "", "Placement", *placement_lines(cap)]
+    extra = notes(cap)
+    if extra:
+        lines += ["", "Notes", *extra]
+    lines += ["", "How: parameters and KV bytes/token from each model's config.json; weights split over tp x pp as vLLM "
+                  "shards them; KV budget = GPU memory x gpu_memory_utilization - weights - activations/CUDA graphs "
+                  f"({GPU_FIXED_OVERHEAD / GiB:.2f} GiB + the larger of max_num_seqs x vocab float32 logits and one prefill chunk's MLP activations"
+                  f", + {MULTI_GPU_OVERHEAD / GiB:.1f} GiB with several GPUs); CPU: cpu_kvcache_space_gib."]
+    return "\n".join(lines) + "\n"
+
+
+def report(stack: str) -> str:
+    from fleet.mock_run import read_stack_file
+
+    return plan_text(parse_config(raw_values(read_stack_file(stack)), stack))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print("usage: python -m fleet.plan_report STACK", file=sys.stderr)
+        return 2
+    try:
+        text = report(args[0])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as err:  # read_stack_file: no such stack
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
