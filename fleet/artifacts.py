@@ -48,7 +48,7 @@ def alert_rules(cfg: FleetConfig) -> str:
     m = cfg.monitoring
     return render("prometheus/alerts.yml.j2", replica_down_for=m.replica_down_for,
                   queue_alert_threshold=m.queue_alert_threshold, ttft_p99_alert_s=m.ttft_p99_alert_s,
-                  gpu_alerts=m.gpu_exporter and any(h.gpus for h in cfg.hosts), nginx_alerts=m.nginx_exporter)
+                  gpu_alerts=m.gpu_exporter and cfg.has_gpus, nginx_alerts=m.nginx_exporter)
 
 
 def grafana_files(cfg: FleetConfig) -> dict[str, str]:

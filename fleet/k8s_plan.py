@@ -136,22 +136,10 @@ class K8sPlan:
         return nginx_conf(self.cfg, self.upstreams())
 
     def alert_rules(self) -> str:
-        return alert_rules_for(self.cfg)
+        return alert_rules(self.cfg)
 
     def alert_groups(self) -> list[dict]:
         return yaml.safe_load(self.alert_rules())["groups"]
-
-
-def alert_rules_for(cfg: FleetConfig) -> str:
-    """`fleet.artifacts.alert_rules` with the GPU alerts a cluster with GPU pools needs.
-
-    That renderer decides on GPU alerts from the Docker hosts, which a Kubernetes stack has none
-    of; it sees the node pools as hosts here. (Once it asks `cfg.has_gpus`, this goes away.)
-    """
-    if cfg.target != "kubernetes" or cfg.kubernetes is None:
-        return alert_rules(cfg)
-    pools_as_hosts = [Host(name=p.name, gpus=p.gpus_per_node, gpu_model=p.gpu_model) for p in cfg.kubernetes.node_pools]
-    return alert_rules(cfg.model_copy(update={"hosts": pools_as_hosts}))
 
 
 # --- naming and labels ---------------------------------------------------------------------------

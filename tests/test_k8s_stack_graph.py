@@ -12,7 +12,8 @@ import re
 import pytest
 import yaml
 
-from fleet.k8s_plan import alert_rules_for, build_k8s_plan
+from fleet.artifacts import alert_rules
+from fleet.k8s_plan import build_k8s_plan
 from fleet.mock_run import MockRun, is_secret, read_stack_file, run_program, stack_config
 from fleet.offline_render import k8s_manifests
 from fleet.render import static
@@ -313,7 +314,7 @@ def test_prometheus_rule_is_exactly_our_alert_rules_including_gpu_and_nginx_aler
     run = k8s_run("prod-k8s")
     rule = of_kind(run, "PrometheusRule")["vllm-fleet-alerts"]
     cfg = build_k8s_plan(_cfg("prod-k8s")).cfg
-    assert rule["spec"]["groups"] == yaml.safe_load(alert_rules_for(cfg))["groups"]
+    assert rule["spec"]["groups"] == yaml.safe_load(alert_rules(cfg))["groups"]
     assert {g["name"] for g in rule["spec"]["groups"]} == {"vllm-replicas", "nginx", "gpu"}
 
 
