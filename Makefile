@@ -7,8 +7,9 @@ PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 LOCAL_PASSPHRASE := vllm-fleet-local
 
 CHECKOV_VENV := .venv-checkov
+POLICY_VENV := policy/.venv
 
-.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov
+.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs
 
 # Debian tools the tests run for real: nginx (nginx -t, the live load balancer) and Prometheus
 # (promtool, the live Prometheus).
@@ -38,6 +39,14 @@ checkov-setup: $(CHECKOV_VENV)/.installed
 
 setup: system-deps $(VENV)/.installed $(CHECKOV_VENV)/.installed
 
+# The policy pack's own virtualenv (policy/PulumiPolicy.yaml names it); the Pulumi CLI runs the pack with it.
+$(POLICY_VENV)/.installed: policy/requirements.txt
+	python3 -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/python -m pip install -q $(PIP_FLAGS) -r policy/requirements.txt
+	touch $@
+
+policy-setup: $(POLICY_VENV)/.installed
+
 checkov: checkov-setup render
 	$(CHECKOV_VENV)/bin/checkov -d build/$(STACK)/k8s --framework kubernetes --skip-download --compact
 
@@ -58,14 +67,17 @@ plan: $(VENV)/.installed
 	$(PY) -m fleet.plan_report $(STACK)
 
 # The main job: deploy the `local` stack to this machine's Docker with a self-contained state.
-up preview destroy: $(VENV)/.installed
-	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/ (then re-run make $@)"; exit 1; }
+deploy-prereqs:
+	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/ (then re-run make)"; exit 1; }
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "error: Docker is not installed or its daemon is not running: install Docker Engine and start it (docker info must work)"; exit 1; }
+
+# Prerequisites run left to right: what is missing is reported before anything is installed.
+up preview destroy: deploy-prereqs $(VENV)/.installed $(POLICY_VENV)/.installed
 	@mkdir -p .pulumi-state
 	@export PULUMI_BACKEND_URL=$${PULUMI_BACKEND_URL:-file://$(CURDIR)/.pulumi-state} \
 	  PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)}; \
 	  pulumi stack select --create $(STACK) && \
-	  pulumi $(if $(filter up,$@),up --yes,$(if $(filter preview,$@),preview --diff,destroy --yes)) --stack $(STACK)
+	  pulumi $(if $(filter up,$@),up --yes --policy-pack policy,$(if $(filter preview,$@),preview --diff --policy-pack policy,destroy --yes)) --stack $(STACK)
 
 clean:
 	rm -rf build .pytest_cache

@@ -70,8 +70,8 @@ def leaked(files: dict[str, str], secrets: list[str]) -> list[str]:
     return [f"{path}" for path, content in files.items() for s in secrets if s and s in content]
 
 
-def render_stack(stack: str, out: Path, passphrase: str | None) -> dict[str, str]:
-    doc = read_stack_file(stack)
+def render_stack(stack: str, out: Path, passphrase: str | None, stacks_dir: Path | None = None) -> dict[str, str]:
+    doc = read_stack_file(stack, stacks_dir) if stacks_dir else read_stack_file(stack)
     config, secret_keys, plain = stack_config(doc, passphrase)
     run = run_program(stack, config, secret_keys)
     files = artifacts(run)
@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stack")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--stacks-dir", type=Path, help="where Pulumi.<stack>.yaml lives (default: stacks/)")
     args = parser.parse_args(argv)
     out = args.out or Path("build") / args.stack
     try:
-        files = render_stack(args.stack, out, os.environ.get("PULUMI_CONFIG_PASSPHRASE"))
+        files = render_stack(args.stack, out, os.environ.get("PULUMI_CONFIG_PASSPHRASE"), args.stacks_dir)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

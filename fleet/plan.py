@@ -138,15 +138,20 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
             ports_out.append(Port(vc.API_PORT, host_port, host.address))
             if otel:
                 ports_out.append(Port(vc.OTEL_PORT, host_port + 1000, host.address))
+        # Host networking (multi-node) would put a 0.0.0.0 listener on every interface of the
+        # host: the API binds to the inventory address there.
+        bind = host.address if multi else "0.0.0.0"
+        probe = host.address if multi else "127.0.0.1"
         health = HealthCheck(
             test=["CMD", "python3", "-c",
-                  f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{api_port}/health', timeout=5)"],
+                  f"import urllib.request; urllib.request.urlopen('http://{probe}:{api_port}/health', timeout=5)"],
             interval="15s", timeout="10s", retries=3, start_period="600s") if leader else None
         containers.append(ContainerSpec(
             name=name, host=s.host, role="vllm" if leader else "vllm-worker",
             image=model.resolved_image,
             entrypoint=["/workspace/run.sh"] if otel else list(vc.ENTRYPOINT),
-            command=vc.serve_args(model, p, s, port=api_port, master_addr=leader_host.address, master_port=master_port),
+            command=vc.serve_args(model, p, s, port=api_port, master_addr=leader_host.address, master_port=master_port,
+                                  bind=bind),
             env=vc.replica_env(cfg, model, p, host, cpu_bind),
             secret_env=secret_env if leader else {k: v for k, v in secret_env.items() if k == "HF_TOKEN"},
             gpu_ids=s.gpu_ids if model.device == "gpu" else None,

@@ -37,9 +37,9 @@ def generation_overrides(model: Model) -> dict:
 
 
 def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port: int, master_addr: str = "",
-               master_port: int = 0) -> list[str]:
-    """The argv after `vllm serve` for `shard` of a replica."""
-    args = [model.hf_id, "--host", "0.0.0.0", "--port", str(port),
+               master_port: int = 0, bind: str = "0.0.0.0") -> list[str]:
+    """The argv after `vllm serve` for `shard` of a replica. `bind`: the address the API listens on."""
+    args = [model.hf_id, "--host", bind, "--port", str(port),
             "--served-model-name", model.client_model_name]
     if model.revision:
         args += ["--revision", model.revision]
