@@ -21,7 +21,9 @@ import sys
 from pathlib import Path
 
 from fleet.errors import ConfigError
+from fleet.config import parse_config
 from fleet.plan import NGINX_CONF_UPLOAD
+from fleet.plan_report import plan_text, raw_values
 from fleet.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, read_stack_file, run_program, stack_config
 
 CONTAINER = "docker:index/container:Container"
@@ -75,6 +77,7 @@ def render_stack(stack: str, out: Path, passphrase: str | None, stacks_dir: Path
     config, secret_keys, plain = stack_config(doc, passphrase)
     run = run_program(stack, config, secret_keys)
     files = artifacts(run)
+    files["plan.txt"] = plan_text(parse_config(raw_values(doc), stack))
     bad = leaked(files, [*plain.values(), MOCK_GENERATED_PASSWORD])
     if bad:
         raise SystemExit(f"refusing to write: a secret value appears in {', '.join(sorted(set(bad)))}")

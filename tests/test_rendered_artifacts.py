@@ -85,6 +85,7 @@ def test_offline_render_writes_every_artifact_without_a_secret(stack, tmp_path):
     assert "grafana/etc/grafana/provisioning/datasources/prometheus.yml" in written
     assert "grafana/etc/grafana/dashboards/vllm-fleet.json" in written
     assert "resources.txt" in written and "outputs.json" in written
+    assert "Placement" in (tmp_path / stack / "plan.txt").read_text()
     replicas = json.loads((tmp_path / stack / "outputs.json").read_text())["replicas"]
     for replica in replicas:
         assert any(w.startswith(f"vllm/{stack}-{replica}") for w in written)
