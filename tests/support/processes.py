@@ -80,6 +80,31 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> int | None:
     return proc.returncode
 
 
+def _group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs. Unlike ``_group_alive`` (a signal probe),
+    zombies do not count: orphans of a killed group may wait long for init to reap them."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def kill(proc: subprocess.Popen, timeout: float = 10, *, wait: bool = True) -> int | None:
+    """SIGKILL the process group of ``proc`` at once (a crash, not a shutdown). With ``wait``,
+    returns when no process of the group runs any more (a big process can take seconds to die)."""
+    _signal_group(proc, signal.SIGKILL)
+    if not wait:
+        return None
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    end = time.monotonic() + timeout
+    while _group_running(proc.pid) and time.monotonic() < end:
+        time.sleep(0.01)
+    return proc.returncode
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (racy by nature; use promptly)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
