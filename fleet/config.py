@@ -91,6 +91,9 @@ class Model(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0.05, le=0.98, description="Share of each GPU's memory vLLM may use.")
     max_num_seqs: Optional[int] = Field(None, ge=1, le=4096, description="Concurrent sequences per replica.")
     enable_prefix_caching: Optional[bool] = Field(None, description="Override vLLM's prefix caching default.")
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="KV cache precision; `fp8` doubles KV capacity (measured on an H100 at the same speed)."
+    )
     max_num_batched_tokens: Optional[int] = Field(None, ge=16, description="Chunked-prefill token budget per step.")
     cpu_kvcache_space_gib: int = Field(4, ge=1, le=1024, description="KV cache size for `device: cpu` (VLLM_CPU_KVCACHE_SPACE).")
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")

@@ -189,13 +189,7 @@ def precision(m: Model, a: Architecture, gpu: Optional[GpuModel]) -> Precision:
             dtype = "bfloat16"
         if dtype == "bfloat16" and gpu is not None and not gpu.supports_bf16:
             dtype = "float16"
-    kv = dtype
-    for j, arg in enumerate(m.extra_args):
-        flag, _, value = arg.partition("=")
-        if flag == "--kv-cache-dtype":
-            value = value or (m.extra_args[j + 1] if j + 1 < len(m.extra_args) else "auto")
-            if value.startswith("fp8"):
-                kv = "fp8"
+    kv = "fp8" if m.kv_cache_dtype == "fp8" else dtype
     return Precision(dtype, m.quantization or a.checkpoint_quantization, kv)
 
 

@@ -51,6 +51,8 @@ def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port:
         args += ["--dtype", model.dtype]
     if model.quantization:
         args += ["--quantization", model.quantization]
+    if model.kv_cache_dtype != "auto":
+        args += ["--kv-cache-dtype", model.kv_cache_dtype]
     if model.max_model_len:
         args += ["--max-model-len", str(model.max_model_len)]
     if model.max_num_seqs:

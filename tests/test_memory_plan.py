@@ -213,9 +213,9 @@ def test_fp8_halves_the_linear_layers_but_not_the_embeddings():
     assert fp8.precision.kv_dtype == "bfloat16"
 
 
-def test_an_fp8_kv_cache_from_extra_args_halves_kv_bytes():
+def test_an_fp8_kv_cache_halves_kv_bytes():
     a = find(SEED)
-    plan = plan_model(model(max_model_len=4096, extra_args=["--kv-cache-dtype", "fp8"]), a, "H100-80GB")
+    plan = plan_model(model(max_model_len=4096, kv_cache_dtype="fp8"), a, "H100-80GB")
     assert plan.kv_bytes_per_token == 28_672 // 2
 
 

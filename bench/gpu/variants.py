@@ -41,7 +41,7 @@ VARIANTS: dict[str, tuple[dict, str, bool]] = {
     "mnbt-2048": ({"max_num_batched_tokens": 2048},
                   "chunked-prefill budget 2048 tokens per step (vLLM's default below 70 GiB cards; H100 default 8192)", False),
     "mns-64": ({"max_num_seqs": 64}, "at most 64 running sequences (H100 default 1024)", False),
-    "kv-fp8": ({"extra_args": ["--kv-cache-dtype", "fp8"]}, "fp8 KV cache (twice the tokens per GiB), bf16 weights", False),
+    "kv-fp8": ({"kv_cache_dtype": "fp8"}, "fp8 KV cache (twice the tokens per GiB), bf16 weights", False),
 }
 
 
