@@ -9,15 +9,15 @@ LOCAL_PASSPHRASE := vllm-fleet-local
 CHECKOV_VENV := .venv-checkov
 POLICY_VENV := policy/.venv
 
-.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs
+.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs bench
 
-# Debian tools the tests run for real: nginx (nginx -t, the live load balancer) and Prometheus
-# (promtool, the live Prometheus).
+# Debian tools the tests run for real: nginx (nginx -t, the live load balancer), Prometheus
+# (promtool, the live Prometheus) and the Nginx exporter (the dashboard's Nginx panels, live).
 system-deps:
-	@if ! command -v nginx >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing nginx and prometheus (Debian packages)"; \
+	@if ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null; then \
+	  echo "installing nginx, prometheus and the nginx exporter (Debian packages)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light prometheus >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light prometheus prometheus-nginx-exporter >/dev/null; \
 	fi
 
 $(VENV)/.installed: requirements.txt requirements-test.txt
@@ -58,6 +58,11 @@ test-fast: setup
 
 test-live: setup
 	$(PY) -m pytest -q -m live tests
+
+# Data-plane benchmark (not a test, ~6 min): 2 real vLLM CPU replicas; direct vs our Nginx (each
+# policy) vs the seed's nginx.conf vs vllm-router. Writes bench/results/dataplane.{md,png}.
+bench: setup
+	$(PY) bench/dataplane_bench.py
 
 render: $(VENV)/.installed
 	PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)} \

@@ -71,7 +71,8 @@ class Sampling(Strict):
     top_k: Optional[int] = Field(None, ge=-1, description="Default top-k (-1 or 0: off).")
     min_p: Optional[float] = Field(None, ge=0, le=1, description="Default min-p.")
     repetition_penalty: Optional[float] = Field(None, gt=0, le=2, description="Default repetition penalty.")
-    max_new_tokens: Optional[int] = Field(None, ge=1, description="Default completion length when a request sets none.")
+    max_new_tokens: Optional[int] = Field(
+        None, ge=1, description="Cap on every request's completion length (vLLM applies min(request max_tokens, this)).")
 
 
 class Model(Strict):
