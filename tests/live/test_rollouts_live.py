@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from support.dataplane import StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion, test_config
+from support.dataplane import StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion
+from support.dataplane import test_config as dataplane_config
 from support.processes import log_tail, start, stop, wait_http
 from fleet.artifacts import nginx_conf
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER = ROOT / "files/nginx/fleet-nginx.sh"
-CLIENTS = 4
+CLIENTS = 2  # steady load that still leaves a 2-core machine room to restart a replica
 
 
 class Load:
@@ -76,7 +77,7 @@ def write_atomically(path: Path, text: str) -> None:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
     work = tmp_path_factory.mktemp("rollouts")
-    with data_plane(work, cfg=test_config(replicas=3), monitoring=False) as dp:
+    with data_plane(work, cfg=dataplane_config(replicas=3), monitoring=False) as dp:
         yield dp
 
 
@@ -123,7 +124,8 @@ def test_scaling_reloads_nginx_and_rolling_restarts_drop_no_new_request(plane):
             failed = [r for r in scaling if not r.ok]
             report.append(f"scaling 2->3->2: {len(scaling)} requests, {len(failed)} failed")
             assert scaling and not failed, [r.error for r in failed][:5]
-            assert log_tail(log).count("reloaded") >= 2
+            assert log.read_text().count("nginx.conf changed, reloaded") == 2  # one Nginx, reloaded twice
+            stop(dp.replicas[2].proc, timeout=30)  # scaled away: `pulumi up` removes its container
             # -- rolling restart of the two serving replicas, one at a time -------------------
             for i in (0, 1):
                 r = dp.replicas[i]
