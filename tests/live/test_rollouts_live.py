@@ -1,12 +1,13 @@
 """Changing a running fleet under steady streamed load, as `pulumi up` does on the Docker target.
 
-- Scaling 2 -> 3 -> 2 replicas: the program writes a new nginx.conf into the volume of the running
-  Nginx, whose entry point (`files/nginx/fleet-nginx.sh`, run here as is) checks and reloads it.
-- A rolling update: each replica in turn is stopped (SIGTERM, as `docker stop`), started again with
-  the same command line and waited for until healthy, then the next, as the replica chain does.
+Scaling 2 -> 3 -> 2 replicas: the program writes a new nginx.conf into the volume of the running
+Nginx, whose entry point (`files/nginx/fleet-nginx.sh`, run here as is) checks and reloads it. No
+request may fail, the added replica must get traffic, the removed one none, and the same Nginx
+must have reloaded exactly twice.
 
-No request may fail except those in flight on a replica at the moment it is stopped: those are
-counted and reported.
+(A rolling restart phase, SIGTERM + restart of each replica under load, ran here too: it found
+vLLM answering 500 while stopping (now retried by Nginx) and a dying socket outlasting a 10 s
+retry budget (now 60 s); it takes ~12 min on 2 cores and is not in the suite yet.)
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def plane(tmp_path_factory):
         yield dp
 
 
-def test_scaling_reloads_nginx_and_rolling_restarts_drop_no_new_request(plane):
+def test_scaling_2_3_2_under_load_reloads_one_nginx_and_fails_no_request(plane):
     dp = plane
     runtime = nginx_runtime_dir("vllm-fleet-watched-")
     conf_path = runtime / "nginx.conf"
@@ -125,31 +126,6 @@ def test_scaling_reloads_nginx_and_rolling_restarts_drop_no_new_request(plane):
             report.append(f"scaling 2->3->2: {len(scaling)} requests, {len(failed)} failed")
             assert scaling and not failed, [r.error for r in failed][:5]
             assert log.read_text().count("nginx.conf changed, reloaded") == 2  # one Nginx, reloaded twice
-            stop(dp.replicas[2].proc, timeout=30)  # scaled away: `pulumi up` removes its container
-            # -- rolling restart of the two serving replicas, one at a time -------------------
-            for i in (0, 1):
-                r = dp.replicas[i]
-                t_stop = time.monotonic()
-                stop(r.proc, timeout=30)  # SIGTERM to its process group, as `docker stop`
-                t_stopped = time.monotonic()
-                r.start()
-                r.wait_ready()
-                t_ready = time.monotonic()
-                load.wait_for(8)
-                window = load.between(t_stop - 120, time.monotonic())
-                in_flight = [x for x in window if x.started < t_stop and x.ended >= t_stop]
-                new = [x for x in window if x.started >= t_stop]
-                lost_in_flight = [x for x in in_flight if not x.ok]
-                failed_new = [x for x in new if not x.ok]
-                report.append(f"restart {r.name}: down {t_ready - t_stop:.0f} s (stop took {t_stopped - t_stop:.1f} s); "
-                              f"{len(new)} new requests meanwhile, {len(failed_new)} failed; "
-                              f"{len(in_flight)} in flight at the stop, {len(lost_in_flight)} of them cut")
-                assert new and not failed_new, [x.error for x in failed_new][:5]
-            # -- the restarted replicas serve again ---------------------------------------------
-            before = [dp.metric(i, "vllm:request_success_total") for i in (0, 1)]
-            load.wait_for(12)
-            after = [dp.metric(i, "vllm:request_success_total") for i in (0, 1)]
-            assert all(a > b for a, b in zip(after, before)), (before, after)
         print("\n" + "\n".join(report))
         assert watcher.poll() is None, "the Nginx entry point exited\n" + log_tail(log)
     finally:
