@@ -7,23 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from support.stacks import raw_stack, run_raw
+from support.refusals import assert_refused_before_any_resource, host, model, setk
+from support.stacks import raw_stack
 from fleet.errors import ConfigError
 from fleet.mock_run import MockRun
-
-
-def host(raw, i=0):
-    return raw["hosts"][i]
-
-
-def model(raw, i=0):
-    return raw["models"][i]
-
-
-def setk(path_fn, **kv):
-    def mutate(raw):
-        path_fn(raw).update(kv)
-    return mutate
 
 
 def lb(raw):
@@ -109,22 +96,7 @@ CASES = [
 def test_a_broken_config_fails_with_one_clear_error_before_any_resource(case, stack, mutate, key, fragment):
     raw = raw_stack(stack)
     mutate(raw)
-    run = MockRun(stack)
-    with pytest.raises(ConfigError) as caught:
-        run_program_capturing(stack, raw, run)
-    err = caught.value
-    message = str(err)
-    assert err.key == key, message
-    assert f"`vllm-fleet:{key}`" in message
-    assert "Allowed:" in message and "Fix:" in message
-    assert fragment in message, message
-    assert "Traceback" not in message and "\n" not in message
-    registered = [r for r in run.resources if r.typ != "pulumi:pulumi:Stack"]
-    assert registered == [], f"{case}: resources registered before the error: {[r.name for r in registered]}"
-
-
-def run_program_capturing(stack, raw, run):
-    run_raw(stack, raw, run=run)
+    assert_refused_before_any_resource(case, stack, raw, key, fragment)
 
 
 def test_the_catalogue_is_large():

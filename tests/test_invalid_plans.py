@@ -10,8 +10,7 @@ import json
 import pytest
 
 from fleet import architecture
-from fleet.errors import ConfigError
-from fleet.mock_run import MockRun
+from support.refusals import assert_refused_before_any_resource, host, model, setk
 from support.stacks import raw_stack, run_raw
 
 
@@ -34,20 +33,6 @@ LLAMA_8B = cached("meta-llama/Llama-3.3-70B-Instruct", hidden_size=4096, interme
                   num_hidden_layers=32, num_attention_heads=32)
 AWQ = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 GPTQ = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
-
-
-def model(raw, i=0):
-    return raw["models"][i]
-
-
-def host(raw, i=0):
-    return raw["hosts"][i]
-
-
-def setk(path_fn, **kv):
-    def mutate(raw):
-        path_fn(raw).update(kv)
-    return mutate
 
 
 def both(*mutations):
@@ -169,18 +154,7 @@ CASES = [
 def test_a_plan_vllm_could_not_start_fails_with_one_clear_error_before_any_resource(case, stack, mutate, key, fragment):
     raw = raw_stack(stack)
     mutate(raw)
-    run = MockRun(stack)
-    with pytest.raises(ConfigError) as caught:
-        run_raw(stack, raw, run=run)
-    err = caught.value
-    message = str(err)
-    assert err.key == key, message
-    assert f"`vllm-fleet:{key}`" in message
-    assert "Allowed:" in message and "Fix:" in message
-    assert fragment in message, message
-    assert "Traceback" not in message and "\n" not in message
-    registered = [r for r in run.resources if r.typ != "pulumi:pulumi:Stack"]
-    assert registered == [], f"{case}: resources registered before the error: {[r.name for r in registered]}"
+    assert_refused_before_any_resource(case, stack, raw, key, fragment)
 
 
 def test_the_catalogue_covers_every_planner_check():

@@ -10,7 +10,7 @@ import pytest
 from fleet.config import Model
 from fleet.errors import ConfigError
 from fleet.k8s_plan import build_k8s_plan, nodes_per_replica
-from fleet.mock_run import MockRun
+from support.refusals import assert_refused_before_any_resource
 from support.stacks import raw_stack, run_raw
 from test_k8s_stack_graph import of_kind, vllm_workloads
 
@@ -195,18 +195,7 @@ def test_a_broken_kubernetes_config_fails_with_one_clear_error_before_any_resour
     mutate(raw)
     if case == "a kubernetes section on the docker target":
         raw["hosts"] = [{"name": "gpu-a", "gpus": 8, "gpu_model": "H100-80GB"}]
-    run = MockRun(STACK)
-    with pytest.raises(ConfigError) as caught:
-        run_raw(STACK, raw, run=run)
-    err = caught.value
-    message = str(err)
-    assert err.key == key, message
-    assert f"`vllm-fleet:{key}`" in message
-    assert "Allowed:" in message and "Fix:" in message
-    assert fragment in message, message
-    assert "\n" not in message
-    registered = [r for r in run.resources if r.typ != "pulumi:pulumi:Stack"]
-    assert registered == [], f"{case}: resources registered before the error: {[r.name for r in registered]}"
+    assert_refused_before_any_resource(case, STACK, raw, key, fragment)
 
 
 def test_a_tensor_group_larger_than_every_node_is_refused_by_the_placement():
