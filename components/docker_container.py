@@ -16,10 +16,13 @@ from fleet.container_spec import ContainerSpec
 def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent: pulumi.Resource,
               secrets: Mapping[str, pulumi.Output[str]], uploads: Optional[pulumi.Input[Mapping[str, str]]] = None,
               depends_on: Optional[list[pulumi.Resource]] = None,
-              delete_before_replace: bool = False) -> docker.Container:
+              delete_before_replace: bool = False,
+              triggers: Optional[Mapping[str, pulumi.Input[str]]] = None) -> docker.Container:
     """`uploads` (path -> content) may be an Output, e.g. a config rendered from other resources' outputs.
 
     `delete_before_replace`: free the old container's name and GPUs before its replacement starts.
+    `triggers`: values (e.g. another container's id) whose change replaces this container; they
+    become labels `vllm-fleet.trigger.<key>`.
     """
     plain_env = [f"{k}={v}" for k, v in spec.env.items()]
     secret_env = [pulumi.Output.secret(secrets[key]).apply(lambda v, k=k: f"{k}={v}") for k, key in spec.secret_env.items()]
@@ -52,12 +55,18 @@ def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent:
         healthcheck=docker.ContainerHealthcheckArgs(
             tests=hc.test, interval=hc.interval, timeout=hc.timeout, retries=hc.retries, start_period=hc.start_period)
         if hc else None,
-        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in spec.labels.items()],
+        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in spec.labels.items()]
+        + [docker.ContainerLabelArgs(label=f"vllm-fleet.trigger.{k}", value=v) for k, v in (triggers or {}).items()],
         capabilities=docker.ContainerCapabilitiesArgs(adds=spec.capabilities) if spec.capabilities else None,
         restart="no" if spec.one_shot else spec.restart,
         must_run=not spec.one_shot,
+        attach=spec.one_shot,  # `pulumi up` waits for a job to finish before what depends on it
+        stop_timeout=spec.stop_grace_s,
+        destroy_grace_seconds=spec.stop_grace_s,
         wait=hc is not None,
         wait_timeout=spec.start_timeout_s if hc else None,
         opts=pulumi.ResourceOptions(parent=parent, provider=host.provider, depends_on=depends_on or [],
-                                    delete_before_replace=delete_before_replace),
+                                    delete_before_replace=delete_before_replace,
+                                    custom_timeouts=pulumi.CustomTimeouts(create=f"{spec.start_timeout_s}s")
+                                    if spec.one_shot else None),
     )

@@ -17,7 +17,8 @@ class VllmReplicaArgs:
     hosts: Mapping[str, DockerHost]
     secrets: Mapping[str, pulumi.Output[str]]
     # Rolling updates: the previous replica of the same model. This replica's containers are
-    # registered only after that one is up and healthy, so replacements happen one at a time.
+    # registered only after that one is healthy and its rollout gate has passed (Nginx serves
+    # from it again), so replacements happen one at a time.
     after: Optional["VllmReplica"] = None
 
 
@@ -31,12 +32,16 @@ class VllmReplica(pulumi.ComponentResource):
         # Worker nodes first: the API server (rank 0) waits for them at startup, and `pulumi up`
         # waits for the API server's health check.
         # Replacement deletes first: the new container needs the old one's name and GPUs.
-        previous = [args.after.server] if args.after else []
+        previous = [args.after.ready] if args.after else []
         workers = [container(f"{name}-node{c.labels['vllm-fleet.node-rank']}", c, args.hosts[c.host], self, args.secrets,
                              depends_on=previous, delete_before_replace=True) for c in plan.containers[1:]]
         self.server = container(f"{name}-server", plan.containers[0], args.hosts[plan.containers[0].host], self, args.secrets,
                                 depends_on=workers + previous, delete_before_replace=True)
         self.containers = [self.server, *workers]
+        # Replaced whenever the server is (its id is a trigger): the next replica waits for it.
+        self.ready = self.server if plan.gate is None else container(
+            f"{name}-rollout-gate", plan.gate, args.hosts[plan.gate.host], self, args.secrets,
+            depends_on=[self.server], triggers={"server-id": self.server.id})
         if plan.model.replicas == 1:
             pulumi.log.warn(f"model `{plan.model.name}` has a single replica: a change that replaces it means "
                             "downtime until the new one is healthy (set replicas >= 2 to roll without it)", resource=self)

@@ -18,6 +18,7 @@ MANAGED_FLAGS = (
     "--api-key", "--served-model-name", "--nnodes", "--node-rank", "--master-addr", "--master-port",
     "--headless", "--distributed-executor-backend", "--dtype", "--quantization", "--max-model-len",
     "--gpu-memory-utilization", "--speculative-config", "--override-generation-config", "--kv-cache-dtype",
+    "--shutdown-timeout",
 )
 MANAGED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "VLLM_API_KEY", "HF_TOKEN", "VLLM_HOST_IP",
                "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_P2P_DISABLE", "VLLM_CPU_OMP_THREADS_BIND")

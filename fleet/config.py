@@ -110,6 +110,10 @@ class Model(Strict):
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM flags, appended verbatim.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
     shm_size_mb: int = Field(8192, ge=64, description="Shared memory for multi-GPU replicas without host IPC.")
+    drain_timeout_s: int = Field(
+        60, ge=0, le=3600, description="On stop or replacement, how long a replica may finish its requests in flight "
+        "(vLLM `--shutdown-timeout`); 0 aborts them at once."
+    )
 
     @property
     def gpus_per_replica(self) -> int:

@@ -57,6 +57,9 @@ class ContainerSpec:
     capabilities: list[str] = field(default_factory=list)
     restart: str = "unless-stopped"
     start_timeout_s: int = 120  # how long `pulumi up` waits for the container to become healthy
+    # SIGTERM, then SIGKILL after this many seconds, on `docker stop` and when `pulumi up` replaces
+    # or deletes the container (without it the provider removes a running container by force).
+    stop_grace_s: int = 10
     # A job that runs once per change (e.g. writes a config into a volume) and exits. It gets a
     # unique name per version, so a change creates the new one before removing the old one.
     one_shot: bool = False

@@ -35,6 +35,7 @@ class Recorded:
     urn: str = ""
     dependencies: list[str] = field(default_factory=list)  # URNs this resource waits for
     delete_before_replace: bool = False
+    create_timeout: str = ""  # customTimeouts.create, e.g. "600s"
 
     @property
     def provider_name(self) -> str:
@@ -158,6 +159,7 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),
         if request is not None:
             r.dependencies = list(request.dependencies)
             r.delete_before_replace = request.deleteBeforeReplace
+            r.create_timeout = request.customTimeouts.create if request.HasField("customTimeouts") else ""
     root = settings.get_root_resource()
     run.outputs = _stack_outputs(root)
     return run

@@ -12,7 +12,7 @@ from typing import Optional
 from fleet.config import FleetConfig, Host, Model
 from fleet.container_spec import ContainerSpec, HealthCheck, Mount, Port
 from fleet.placement import ReplicaPlacement, Shard, place
-from fleet import vllm_command as vc
+from fleet import rollout, vllm_command as vc
 from fleet.render import static
 
 VLLM_HOST_PORT_BASE = 8000
@@ -24,6 +24,8 @@ DCGM_PORT = 9400
 PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
 NGINX_CONF_DIR = "/etc/nginx/fleet"
+# Stopping Nginx (SIGTERM: graceful quit in fleet-nginx.sh) lets streams in flight finish.
+NGINX_STOP_GRACE_S = 600
 NGINX_CONF_UPLOAD = "/incoming/nginx.conf"
 NGINX_ENTRYPOINT = "/usr/local/bin/fleet-nginx.sh"
 
@@ -36,6 +38,8 @@ class ReplicaPlan:
     endpoint: str  # what Nginx proxies to
     metrics_target: str  # what Prometheus scrapes
     otel_target: Optional[str] = None
+    # Runs once this replica is healthy; the next replica of the model waits for it (fleet/rollout.py).
+    gate: Optional[ContainerSpec] = None
 
     @property
     def name(self) -> str:
@@ -69,7 +73,7 @@ class FleetPlan:
         return [h for h in self.cfg.hosts if h.name in used]
 
     def containers(self) -> list[ContainerSpec]:
-        return [c for r in self.replicas for c in r.containers] + self.services
+        return [c for r in self.replicas for c in (*r.containers, *([r.gate] if r.gate else []))] + self.services
 
 
 def container_name(cfg: FleetConfig, suffix: str) -> str:
@@ -96,6 +100,10 @@ def build_plan(cfg: FleetConfig) -> FleetPlan:
             ports[s.host] = next_port[s.host]
             next_port[s.host] += 1
         replicas.append(_replica(cfg, model, p, ports, cpu_slots.get(p.name)))
+    for model in cfg.models:
+        mine = [r for r in replicas if r.model.name == model.name]
+        for r in mine if len(mine) > 1 else []:  # a lone replica has no one to wait for it
+            r.gate = _rollout_gate(cfg, r)
     services, scrapes = _services(cfg, replicas)
     return FleetPlan(cfg, replicas, services, scrapes)
 
@@ -166,12 +174,24 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
                                           "vllm-fleet.node-rank": str(s.node_rank)}),
             capabilities=["SYS_NICE"] if model.device == "cpu" else [],
             start_timeout_s=1800 if leader else 120,
+            stop_grace_s=vc.stop_grace_s(model),
         ))
     lead = containers[0]
     endpoint = reach(lb, leader_host, lead.name, api_port, host_port)
     target = reach(mon, leader_host, lead.name, api_port, host_port)
     otel_target = reach(mon, leader_host, lead.name, vc.OTEL_PORT, host_port + 1000) if model.runtime == "seed-otel" else None
     return ReplicaPlan(model, p, containers, endpoint, target, otel_target)
+
+
+def _rollout_gate(cfg: FleetConfig, r: ReplicaPlan) -> ContainerSpec:
+    """A one-shot job on the load balancer's host that `pulumi up` waits for between replicas."""
+    return ContainerSpec(
+        name=container_name(cfg, f"{r.name}-rollout-gate"), host=cfg.lb_host.name, role="rollout-gate",
+        image=cfg.load_balancer.image, entrypoint=["/bin/sh", "-c"], command=[rollout.GATE_SCRIPT],
+        env={"FLEET_GATE_URL": f"http://{r.endpoint}/health", "FLEET_GATE_SETTLE_S": str(rollout.settle_s(cfg))},
+        labels=labels(cfg, "rollout-gate", **{"vllm-fleet.model": r.model.name, "vllm-fleet.replica": r.name}),
+        one_shot=True, start_timeout_s=600,
+    )
 
 
 def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[ContainerSpec], list[Scrape]]:
@@ -186,7 +206,7 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
         mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume, read_only=True)],
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NGINX_STATUS_PORT}/stub_status"],
                                 interval="10s", timeout="5s", retries=3, start_period="10s"),
-        labels=labels(cfg, "nginx"), start_timeout_s=60,
+        labels=labels(cfg, "nginx"), start_timeout_s=60, stop_grace_s=NGINX_STOP_GRACE_S,
     ), ContainerSpec(
         # Writes each new nginx.conf into the volume the running Nginx watches (see fleet-nginx.sh).
         name=container_name(cfg, "nginx-config"), host=lb.name, role="nginx-config", image=cfg.load_balancer.image,

@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from fleet import images
+from fleet import images, rollout, vllm_command as vc
 from fleet.config import SECRET_KEYS, FleetConfig, parse_config
 from fleet.errors import PROJECT, ConfigError
 from fleet.gpus import GPU_MODELS
@@ -138,8 +138,8 @@ def placement_lines(cap: FleetCapacity) -> list[str]:
 def notes(cap: FleetCapacity) -> list[str]:
     out = []
     for i, m in enumerate(cap.cfg.models):
-        if m.device == "gpu" and m.replicas == 1:
-            out.append(f"- {m.name} runs a single replica: a restart, an upgrade or a failed GPU takes it offline "
+        if m.replicas == 1:
+            out.append(f"- {m.name} runs a single replica: a restart, an upgrade or a failed {m.device.upper()} takes it offline "
                        f"(replicas: 2 or more for zero-downtime updates).")
         for p in cap.plans.get(i, {}).values():
             if p.max_sequences < p.max_num_seqs and p.max_sequences < 8:
@@ -150,12 +150,24 @@ def notes(cap: FleetCapacity) -> list[str]:
     return out
 
 
+def rollout_lines(cfg: FleetConfig) -> list[str]:
+    """How a change that replaces replicas proceeds, per model (fleet/rollout.py)."""
+    rows = []
+    for m in cfg.models:
+        order = "one at a time" if m.replicas > 1 else "all at once: downtime"
+        nxt = f"healthy + {rollout.settle_s(cfg)} s" if m.replicas > 1 else "-"
+        drain = f"{m.drain_timeout_s} s (killed at {vc.stop_grace_s(m)} s)" if m.drain_timeout_s else "none: aborted"
+        rows.append([m.name, str(m.replicas), order, drain, nxt])
+    return _table(rows, ["model", "replicas", "replaced", "requests in flight drain", "next replica once"])
+
+
 def plan_text(cfg: FleetConfig) -> str:
     """The capacity plan of a validated config, as `make plan` prints it."""
     cap = plan_fleet(cfg)
     lines = [f"Capacity plan of stack `{cfg.stack}` (vLLM {images.VLLM_VERSION})", ""]
     lines += model_lines(cap)
     lines += ["", *detail_lines(cap), "", "Placement", *placement_lines(cap)]
+    lines += ["", "Rollouts (a change that replaces replicas)", *rollout_lines(cfg)]
     extra = notes(cap)
     if extra:
         lines += ["", "Notes", *extra]

@@ -69,6 +69,9 @@ def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port:
     overrides = generation_overrides(model)
     if overrides:
         args += ["--override-generation-config", _json(overrides)]
+    # SIGTERM (docker stop, a pod's termination) lets requests in flight finish; vLLM's own
+    # default (0) aborts them.
+    args += ["--shutdown-timeout", str(model.drain_timeout_s)]
     if placement.multi_node:
         # vLLM's multiprocessing multi-node mode: every node runs `vllm serve` with the same
         # parallel sizes; rank 0 serves the API, the others run headless workers.
@@ -77,6 +80,15 @@ def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port:
         if shard.node_rank > 0:
             args.append("--headless")
     return args + list(model.extra_args)
+
+
+# After the drain: engine teardown and freeing GPU memory, before Docker or the kubelet SIGKILLs.
+TEARDOWN_S = 30
+
+
+def stop_grace_s(model: Model) -> int:
+    """How long a replica's container may take to stop after SIGTERM."""
+    return model.drain_timeout_s + TEARDOWN_S
 
 
 def replica_env(cfg: FleetConfig, model: Model, placement: ReplicaPlacement, host: Host,

@@ -187,6 +187,21 @@ def test_statefulsets_roll_one_ready_pod_at_a_time():
         assert spec["podManagementPolicy"] == "Parallel"
 
 
+def test_vllm_pods_drain_within_their_grace_and_stay_ready_past_nginx_bench():
+    for model, m in vllm_workloads("prod-k8s").items():
+        for template in pod_templates(m).values():
+            c = container(template)
+            if c["name"] != "vllm":
+                continue
+            drain = c["args"][c["args"].index("--shutdown-timeout") + 1]
+            assert drain == "60", model  # vLLM finishes requests in flight on SIGTERM
+            # preStop sleep, then the drain, then teardown: all before the kubelet's SIGKILL
+            assert template["spec"]["terminationGracePeriodSeconds"] == 10 + 60 + 30, model
+            assert c["lifecycle"]["preStop"]["sleep"]["seconds"] == 10
+        if m["kind"] == "StatefulSet":
+            assert m["spec"]["minReadySeconds"] >= 10 + 2  # load_balancer.fail_timeout_s + margin (fleet/rollout.py)
+
+
 def test_a_single_group_rolls_by_surge_so_the_old_group_serves_until_the_new_one_is_ready():
     rollout = vllm_workloads("prod-k8s")["llama-405b"]["spec"]["rolloutStrategy"]
     assert rollout == {"type": "RollingUpdate", "rollingUpdateConfiguration": {"maxUnavailable": 0, "maxSurge": 1}}

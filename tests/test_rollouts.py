@@ -1,8 +1,17 @@
 """Changing the fleet without dropping requests (Docker target), as the resource graph shows it."""
 from __future__ import annotations
 
+import functools
+import http.server
+import os
+import threading
+import time
+
 import pytest
 
+from fleet.config import parse_config
+from fleet.plan import build_plan
+from support.processes import free_port, start, stop
 from support.stacks import raw_stack, run_raw, stack_run
 from test_stack_graphs import rendered_nginx_conf
 
@@ -26,9 +35,11 @@ def test_each_replica_waits_for_the_previous_replica_of_its_model(stack, chains)
     run = stack_run(stack)
     for chain in chains:
         first = resource(run, f"{chain[0]}-server")
-        assert not any("-server" in d for d in deps(run, f"{chain[0]}-server"))  # the first one waits for nobody
+        assert not any("-server" in d or "-gate" in d for d in deps(run, f"{chain[0]}-server"))  # waits for nobody
         for before, after in zip(chain, chain[1:]):
-            assert f"{before}-server" in deps(run, f"{after}-server"), f"{after} does not wait for {before}"
+            # through the previous replica's rollout gate, which waits for that replica's server
+            assert f"{before}-rollout-gate" in deps(run, f"{after}-server"), f"{after} does not wait for {before}"
+            assert f"{before}-server" in deps(run, f"{before}-rollout-gate")
         assert first.delete_before_replace
 
 
@@ -69,3 +80,88 @@ def test_the_nginx_container_does_not_depend_on_replica_outputs():
     # outputs; Nginx only waits for the config job, so it stays up through every rollout.
     run = stack_run("prod")
     assert not {d for d in deps(run, "lb-nginx") if d.endswith("-server")}
+
+
+# --- draining and the rollout gate ---------------------------------------------------------------
+
+
+def labels_of(res) -> dict[str, str]:
+    return {lbl["label"]: lbl["value"] for lbl in res.inputs["labels"]}
+
+
+@pytest.mark.parametrize("stack, chains", [
+    ("local", [["qwen-0", "qwen-1"]]),
+    ("prod", [["llama-70b-0", "llama-70b-1"], ["r1-distill-0", "r1-distill-1"]]),
+])
+def test_the_next_replica_waits_for_the_rollout_gate_which_is_replaced_with_its_replica(stack, chains):
+    run = stack_run(stack)
+    lb_host = resource(run, "lb-nginx").provider_name
+    for chain in chains:
+        for before, after in zip(chain, chain[1:]):
+            assert f"{before}-rollout-gate" in deps(run, f"{after}-server")
+        for name in chain:  # every replica of a rolled model has one: `pulumi up` ends with all back in Nginx
+            gate = resource(run, f"{name}-rollout-gate")
+            assert f"{name}-server" in deps(run, f"{name}-rollout-gate")
+            # Its trigger is the server container's id: a replaced server means a new gate run.
+            assert labels_of(gate)["vllm-fleet.trigger.server-id"] == f"{name}-server-id"
+            assert gate.provider_name == lb_host  # it checks the replica from where Nginx reaches it
+            assert gate.inputs["attach"] is True and gate.inputs["mustRun"] is False  # `pulumi up` waits for it
+            assert gate.create_timeout == "600s"  # and stops the rollout if the replica never answers
+            assert "name" not in gate.inputs and not gate.delete_before_replace
+            env = dict(e.split("=", 1) for e in gate.inputs["envs"])
+            # It probes the replica at the very address Nginx proxies to.
+            endpoint = env["FLEET_GATE_URL"].removeprefix("http://").removesuffix("/health")
+            assert f"server {endpoint} " in rendered_nginx_conf(run), env["FLEET_GATE_URL"]
+            assert env["FLEET_GATE_SETTLE_S"] == "12"  # fail_timeout_s 10 + 2
+
+
+def test_a_single_replica_model_has_no_gate():
+    run = stack_run("prod")
+    assert not [r for r in run.resources if r.name.startswith(("qwen-72b", "llama-405b")) and "gate" in r.name]
+
+
+def test_containers_stop_gracefully_with_the_planned_grace():
+    run = stack_run("prod")
+    for name, res in run.containers().items():
+        role = labels_of(res)["vllm-fleet.role"]
+        assert res.inputs["stopTimeout"] == res.inputs["destroyGraceSeconds"], name
+        if role in ("vllm", "vllm-worker"):
+            assert res.inputs["destroyGraceSeconds"] == 60 + 30, name  # drain_timeout_s + teardown
+        if role == "vllm":
+            argv = res.inputs["command"]
+            assert argv[argv.index("--shutdown-timeout") + 1] == "60", name
+        if role == "nginx":
+            assert res.inputs["destroyGraceSeconds"] == 600  # streams finish on a graceful quit
+
+
+def test_drain_timeout_is_configurable_and_zero_aborts():
+    raw = raw_stack("local")
+    raw["models"][0]["drain_timeout_s"] = 0
+    server = resource(run_raw("local", raw), "qwen-0-server")
+    argv = server.inputs["command"]
+    assert argv[argv.index("--shutdown-timeout") + 1] == "0" and server.inputs["destroyGraceSeconds"] == 30
+
+
+def test_the_gate_script_waits_for_the_replica_then_for_nginx_bench_to_expire(tmp_path):
+    """The gate's own command (sh + wget, as in the Nginx image), against a loopback server that
+    starts answering only after a while."""
+    gate = build_plan(parse_config(raw_stack("local"), "local")).replicas[0].gate
+    port = free_port()
+    env = {**os.environ, **gate.env, "FLEET_GATE_URL": f"http://127.0.0.1:{port}/health", "FLEET_GATE_SETTLE_S": "1"}
+    t0 = time.monotonic()
+    proc = start([*gate.entrypoint, *gate.command], env=env, log_path=tmp_path / "gate.log")
+    server = None
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, "the gate passed before the replica answered"
+        (tmp_path / "health").write_text("ok")
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        assert proc.wait(timeout=30) == 0, (tmp_path / "gate.log").read_text()
+        assert time.monotonic() - t0 >= 3 + 1
+        assert "answers; next replica in 1 s" in (tmp_path / "gate.log").read_text()
+    finally:
+        stop(proc, timeout=5)
+        if server is not None:
+            server.shutdown()

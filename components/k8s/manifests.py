@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Optional
 
-from fleet import vllm_command as vc
+from fleet import rollout, vllm_command as vc
 from fleet.k8s_plan import (
     API_PORT, SERVICE_PORT_NAME, SHM_PATH, K8sPlan, PodRole, Workload, labels, pod_ports, selector_labels, workload_labels,
 )
-from fleet.plan import DCGM_PORT, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT
+from fleet.plan import DCGM_PORT, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
 from fleet.render import static
 
 Manifest = dict[str, Any]
@@ -34,10 +34,9 @@ FLEET_SECRET = "vllm-fleet-secrets"
 NGINX_NAME = "vllm-fleet-nginx"
 CHECKSUM_ANNOTATION = "vllm-fleet/nginx-conf-sha256"
 # vLLM pods: how long a replica may take to download and load its weights before Kubernetes
-# restarts it (the Docker target waits 30 minutes for the same), and how long it may drain.
+# restarts it (the Docker target waits 30 minutes for the same).
 STARTUP_BUDGET_S = {False: 1800, True: 3600}
-VLLM_GRACE_S = 120
-NGINX_GRACE_S = 600  # streams in flight finish on the old pod during a rollout
+PRESTOP_S = 10  # the Service drops a terminating pod before vLLM stops accepting requests
 
 
 def meta(name: str, namespace: Optional[str], lbls: dict[str, str], annotations: Optional[dict[str, str]] = None) -> dict:
@@ -149,7 +148,7 @@ def vllm_pod(plan: K8sPlan, w: Workload, role: PodRole) -> dict:
         container["readinessProbe"] = _probe(10, 3, 5)
         container["livenessProbe"] = _probe(15, 4, 10)
         # Let the Service drop this pod before vLLM stops accepting requests.
-        container["lifecycle"] = {"preStop": {"sleep": {"seconds": 10}}}
+        container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_S}}}
     cache = plan.k8s.hf_cache
     hf_volume = ({"name": "hf-cache", "persistentVolumeClaim": {"claimName": HF_CACHE_CLAIM}} if cache.type == "pvc"
                  else {"name": "hf-cache", "hostPath": {"path": cache.host_path, "type": "DirectoryOrCreate"}})
@@ -158,7 +157,7 @@ def vllm_pod(plan: K8sPlan, w: Workload, role: PodRole) -> dict:
         "automountServiceAccountToken": False,
         # Service links would put VLLM_*-named variables (from `vllm-...` Services) into vLLM's environment.
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": VLLM_GRACE_S,
+        "terminationGracePeriodSeconds": PRESTOP_S + vc.stop_grace_s(w.model),
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         **_pool_scheduling(w),
         "containers": [container],
@@ -184,9 +183,10 @@ def statefulset(plan: K8sPlan, w: Workload) -> Manifest:
             "serviceName": w.name,
             "replicas": w.replicas,
             # Replicas load their weights side by side; start order buys nothing here. Updates still
-            # replace one pod at a time and wait for it to be Ready for minReadySeconds.
+            # replace one pod at a time and wait for it to be Ready for minReadySeconds: at least
+            # until Nginx's bench on it has expired (fleet/rollout.py).
             "podManagementPolicy": "Parallel",
-            "minReadySeconds": 30,
+            "minReadySeconds": max(30, rollout.settle_s(plan.cfg)),
             "revisionHistoryLimit": 5,
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "partition": 0}},
             "selector": {"matchLabels": selector_labels("vllm", w.name)},
@@ -384,7 +384,7 @@ def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
                     "serviceAccountName": SERVICE_ACCOUNT,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": NGINX_GRACE_S,
+                    "terminationGracePeriodSeconds": NGINX_STOP_GRACE_S,  # streams finish on the old pod
                     "securityContext": {"runAsNonRoot": True, "runAsUser": NGINX_UID, "runAsGroup": NGINX_UID,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "affinity": _spread(nginx_selector(plan)),

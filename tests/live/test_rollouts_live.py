@@ -1,13 +1,15 @@
 """Changing a running fleet under steady streamed load, as `pulumi up` does on the Docker target.
 
-Scaling 2 -> 3 -> 2 replicas: the program writes a new nginx.conf into the volume of the running
-Nginx, whose entry point (`files/nginx/fleet-nginx.sh`, run here as is) checks and reloads it. No
-request may fail, the added replica must get traffic, the removed one none, and the same Nginx
-must have reloaded exactly twice.
+The load balancer is the product's Nginx entry point (`files/nginx/fleet-nginx.sh`, run here as
+is): the program writes a new nginx.conf into its volume, and it checks and reloads it.
 
-(A rolling restart phase, SIGTERM + restart of each replica under load, ran here too: it found
-vLLM answering 500 while stopping (now retried by Nginx) and a dying socket outlasting a 10 s
-retry budget (now 60 s); it takes ~12 min on 2 cores and is not in the suite yet.)
+- Scaling 2 -> 3 -> 2 replicas: no request may fail, the added replica must get traffic, the
+  removed one none, and the same Nginx must have reloaded exactly twice.
+- A rolling update, as the replica chain runs it: each replica in turn is stopped as `docker
+  stop` does (SIGTERM to PID 1, the plan's grace), started again with the same command line,
+  waited for until healthy, then its rollout gate (the plan's command) runs, then the next one.
+  No request sent after a stop may fail, and the requests in flight on the stopped replica must
+  complete (vLLM drains them); both replicas must serve again afterwards.
 """
 from __future__ import annotations
 
@@ -15,26 +17,29 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 from support.dataplane import StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion
 from support.dataplane import test_config as dataplane_config
-from support.processes import log_tail, start, stop, wait_http
+from support.processes import docker_stop, log_tail, start, stop, wait_http
 from fleet.artifacts import nginx_conf
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER = ROOT / "files/nginx/fleet-nginx.sh"
+MAX_TOKENS = 24
 CLIENTS = 2  # steady load that still leaves a 2-core machine room to restart a replica
 
 
 class Load:
     """CLIENTS loops of short streamed completions through the load balancer until stopped."""
 
-    def __init__(self, dp, base: str) -> None:
-        self.dp, self.base = dp, base
+    def __init__(self, model: str, headers: dict[str, str], base: str) -> None:
+        self.model, self.headers, self.base = model, headers, base
         self.results: list[StreamResult] = []
         self.stop_event = threading.Event()
         self.pool = ThreadPoolExecutor(CLIENTS)
@@ -42,9 +47,9 @@ class Load:
 
     def _loop(self) -> None:
         while not self.stop_event.is_set():
-            r = stream_completion(self.base, {"model": self.dp.model, "prompt": "the quick brown fox",
-                                              "max_tokens": 24, "ignore_eos": True},
-                                  headers=self.dp.auth(), timeout=120)
+            r = stream_completion(self.base, {"model": self.model, "prompt": "the quick brown fox",
+                                              "max_tokens": MAX_TOKENS, "ignore_eos": True},
+                                  headers=self.headers, timeout=120)
             with self.lock:
                 self.results.append(r)
 
@@ -69,10 +74,35 @@ class Load:
             time.sleep(0.1)
 
 
+def complete(r: StreamResult) -> bool:
+    return r.ok and r.tokens == MAX_TOKENS  # a drained-but-aborted stream would end early
+
+
 def write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(".new")
     tmp.write_text(text)
     os.replace(tmp, path)  # as the config job does: cp + mv
+
+
+@dataclass
+class WatchedNginx:
+    """The product's Nginx entry point over the harness' replicas."""
+    base: str
+    log: Path
+    proc: object
+    apply: Callable[[int], None]  # write nginx.conf for the first n replicas, as `pulumi up` would
+
+    def reloads(self) -> int:
+        return self.log.read_text().count("nginx.conf changed, reloaded")
+
+    def wait_reloads(self, n: int, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.reloads() < n:
+            assert time.monotonic() < deadline, f"Nginx did not reload within {timeout}s\n" + log_tail(self.log)
+            time.sleep(0.1)
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, "the Nginx entry point exited\n" + log_tail(self.log)
 
 
 @pytest.fixture(scope="module")
@@ -82,51 +112,108 @@ def plane(tmp_path_factory):
         yield dp
 
 
-def test_scaling_2_3_2_under_load_reloads_one_nginx_and_fails_no_request(plane):
+@pytest.fixture(scope="module")
+def nginx(plane):
     dp = plane
     runtime = nginx_runtime_dir("vllm-fleet-watched-")
     conf_path = runtime / "nginx.conf"
-    port = dp.lb_port + 0  # reuse the harness' free ports for the watched Nginx
-    dp.nginx.stop()  # the harness' own Nginx; this test runs the product's entry point instead
+    dp.nginx.stop()  # the harness' own Nginx; the product's entry point takes its ports
 
-    def render(n: int) -> str:
+    def apply(n: int) -> None:
         ups = {dp.cfg.models[0].name: [r.address for r in dp.replicas[:n]]}
-        return adapt_nginx_conf(nginx_conf(dp.cfg, ups), listen_port=port, status_port=dp.status_port,
-                                runtime_dir=runtime)
+        write_atomically(conf_path, adapt_nginx_conf(nginx_conf(dp.cfg, ups), listen_port=dp.lb_port,
+                                                     status_port=dp.status_port, runtime_dir=runtime))
 
-    write_atomically(conf_path, render(2))
+    apply(2)
     log = dp.workdir / "fleet-nginx.log"
     watcher = start(["/bin/sh", str(WATCHER)], env={**os.environ, "FLEET_NGINX_CONF": str(conf_path),
                                                     "FLEET_NGINX_POLL_S": "0.5"}, log_path=log)
-    report = []
     try:
         wait_http(f"http://127.0.0.1:{dp.status_port}/stub_status", 30, proc=watcher, log_path=log)
-        base = f"http://127.0.0.1:{port}"
-        with Load(dp, base) as load:
-            load.wait_for(8)
-            # -- scale 2 -> 3: the third replica starts getting traffic after the reload ---------
-            third_before = dp.metric(2, "vllm:request_success_total")
-            t_up = time.monotonic()
-            write_atomically(conf_path, render(3))
-            deadline = time.monotonic() + 30
-            while dp.metric(2, "vllm:request_success_total") <= third_before:
-                assert time.monotonic() < deadline, "the added replica got no traffic after the reload\n" + log_tail(log)
-                time.sleep(0.2)
-            load.wait_for(8)
-            # -- scale 3 -> 2: the removed replica finishes what it has and gets nothing new ------
-            t_down = time.monotonic()
-            write_atomically(conf_path, render(2))
-            time.sleep(3)  # poll interval + graceful reload + in-flight requests on old workers
-            settled = dp.metric(2, "vllm:request_success_total")
-            load.wait_for(12)
-            assert dp.metric(2, "vllm:request_success_total") == settled, "the removed replica still gets requests"
-            t_scaled = time.monotonic()
-            scaling = load.between(t_up - 1, t_scaled)
-            failed = [r for r in scaling if not r.ok]
-            report.append(f"scaling 2->3->2: {len(scaling)} requests, {len(failed)} failed")
-            assert scaling and not failed, [r.error for r in failed][:5]
-            assert log.read_text().count("nginx.conf changed, reloaded") == 2  # one Nginx, reloaded twice
-        print("\n" + "\n".join(report))
-        assert watcher.poll() is None, "the Nginx entry point exited\n" + log_tail(log)
+        yield WatchedNginx(dp.lb_url, log, watcher, apply)
     finally:
         stop(watcher, timeout=15)
+
+
+def test_scaling_2_3_2_under_load_reloads_one_nginx_and_fails_no_request(plane, nginx):
+    dp = plane
+    reloads = nginx.reloads()
+    with Load(dp.model, dp.auth(), nginx.base) as load:
+        load.wait_for(8)
+        # -- scale 2 -> 3: the third replica starts getting traffic after the reload -------------
+        third_before = dp.metric(2, "vllm:request_success_total")
+        t_up = time.monotonic()
+        nginx.apply(3)
+        deadline = time.monotonic() + 30
+        while dp.metric(2, "vllm:request_success_total") <= third_before:
+            assert time.monotonic() < deadline, "the added replica got no traffic after the reload\n" + log_tail(nginx.log)
+            time.sleep(0.2)
+        load.wait_for(8)
+        # -- scale 3 -> 2: the removed replica finishes what it has and gets nothing new ----------
+        nginx.apply(2)
+        nginx.wait_reloads(reloads + 2)
+        dp.wait_idle(only=2)  # what the old workers sent it before the reload finishes
+        settled = dp.metric(2, "vllm:request_success_total")
+        load.wait_for(12)
+        assert dp.metric(2, "vllm:request_success_total") == settled, "the removed replica still gets requests"
+        scaling = load.between(t_up - 1, time.monotonic())
+    failed = [r for r in scaling if not complete(r)]
+    print(f"\nscaling 2->3->2: {len(scaling)} requests, {len(failed)} failed")
+    assert scaling and not failed, [r.error for r in failed][:5]
+    assert nginx.reloads() - reloads == 2  # one Nginx, reloaded twice
+    nginx.assert_alive()
+
+
+def run_gate(dp, i: int) -> float:
+    """Run replica i's rollout gate (the plan's own command and environment, its URL pointed at
+    the replica here) to completion, as `pulumi up` does before touching the next replica."""
+    gate = dp.plan.replicas[i].gate
+    assert gate is not None and gate.role == "rollout-gate"
+    env = {**os.environ, **gate.env, "FLEET_GATE_URL": dp.replicas[i].url + "/health"}
+    log = dp.workdir / f"gate-{i}.log"
+    t0 = time.monotonic()
+    proc = start([*gate.entrypoint, *gate.command], env=env, log_path=log)
+    try:
+        assert proc.wait(timeout=120) == 0, log_tail(log)
+    finally:
+        stop(proc, timeout=5)
+    return time.monotonic() - t0
+
+
+def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
+    """As `pulumi up` replaces the replicas of a model: stop (the planned grace), start, healthy,
+    the rollout gate, then the next one."""
+    dp = plane
+    nginx.apply(2)  # the fleet is 2 replicas (a no-op after the scaling test)
+    stop(dp.replicas[2].proc, timeout=30)  # scaled away: `pulumi up` removes its container
+    report = []
+    with Load(dp.model, dp.auth(), nginx.base) as load:
+        load.wait_for(8)
+        for i in (0, 1):
+            r = dp.replicas[i]
+            t_stop = time.monotonic()
+            docker_stop(r.proc, r.plan.containers[0].stop_grace_s)  # SIGTERM: vLLM drains (--shutdown-timeout)
+            t_stopped = time.monotonic()
+            r.start()  # the replacement: same command line and environment
+            r.wait_ready()
+            t_ready = time.monotonic()
+            gate_s = run_gate(dp, i)
+            load.wait_for(4)
+            window = load.between(t_stop - 120, time.monotonic())
+            in_flight = [x for x in window if x.started < t_stop <= x.ended]
+            new = [x for x in window if x.started >= t_stop]
+            cut = [x for x in in_flight if not complete(x)]
+            failed_new = [x for x in new if not complete(x)]
+            report.append(f"restart {r.name}: stop took {t_stopped - t_stop:.1f} s, healthy after {t_ready - t_stop:.0f} s, "
+                          f"gate {gate_s:.0f} s; {len(new)} new requests meanwhile, {len(failed_new)} failed; "
+                          f"{len(in_flight)} in flight at the stop, {len(cut)} of them cut")
+            assert new and not failed_new, [(x.status, x.tokens, x.error) for x in failed_new][:5]
+            assert not cut, f"requests in flight on {r.name} were not drained: {[(x.status, x.tokens, x.error) for x in cut][:5]}"
+        # -- the restarted replicas both serve again -------------------------------------------
+        before = [dp.metric(i, "vllm:request_success_total") for i in (0, 1)]
+        deadline = time.monotonic() + 60
+        while not all(dp.metric(i, "vllm:request_success_total") > b for i, b in enumerate(before)):
+            assert time.monotonic() < deadline, f"a restarted replica gets no traffic: {before}"
+            time.sleep(0.5)
+    print("\n" + "\n".join(report))
+    nginx.assert_alive()

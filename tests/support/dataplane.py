@@ -299,11 +299,13 @@ class DataPlane:
         """Requests each replica has finished (any reason), from its own /metrics."""
         return [self.metric(i, "vllm:request_success_total") for i in range(len(self.replicas))]
 
-    def wait_idle(self, timeout: float = 60) -> None:
-        """Until no replica that answers has a request running or waiting (a down one counts as idle)."""
+    def wait_idle(self, timeout: float = 60, only: Optional[int] = None) -> None:
+        """Until no replica (or only replica `only`) that answers has a request running or waiting
+        (a down one counts as idle)."""
         deadline = time.monotonic() + timeout
         names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-        while any(self.metric(i, n) > 0 for i in range(len(self.replicas)) for n in names):
+        which = range(len(self.replicas)) if only is None else [only]
+        while any(self.metric(i, n) > 0 for i in which for n in names):
             if time.monotonic() > deadline:
                 raise AssertionError(f"replicas still busy after {timeout}s")
             time.sleep(0.05)

@@ -54,6 +54,16 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def docker_stop(proc: subprocess.Popen, grace_s: float) -> int | None:
+    """Stop ``proc`` as `docker stop -t grace_s` stops a container: SIGTERM to the leader only (a
+    container's PID 1), then, after ``grace_s``, the whole group is stopped (SIGKILL if need be)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace_s)
+    return stop(proc, timeout=5)
+
+
 def stop(proc: subprocess.Popen, timeout: float = 20) -> int | None:
     """SIGTERM the process group of ``proc``; SIGKILL it after ``timeout`` seconds.
 
