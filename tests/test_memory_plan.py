@@ -365,7 +365,9 @@ EXPECTED_IN_PLAN = {
                 "gpu-staging  H100-80GB  1        r1-distill-1"],
     "prod": ["4 x H100-80GB (tp 4 x pp 1)", "8 x H100-80GB (tp 4 x pp 2)", "bfloat16 + fp8", "70.55 B", "72.71 B",
              "h100-a  H100-80GB  0,1,2,3  llama-70b-0", "h100-b  H100-80GB  4,5,6,7  qwen-72b-0 (node 1 of 2)",
-             "l40s-a  L40S       1        r1-distill-1", "qwen-72b runs a single replica"],
+             "l40s-a  L40S       1        r1-distill-1", "qwen-72b runs a single replica",
+             "llama-70b   2         one at a time          60 s (killed at 90 s)     healthy + 12 s",
+             "qwen-72b    1         all at once: downtime  60 s (killed at 90 s)     -"],
 }
 
 

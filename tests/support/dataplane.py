@@ -299,13 +299,11 @@ class DataPlane:
         """Requests each replica has finished (any reason), from its own /metrics."""
         return [self.metric(i, "vllm:request_success_total") for i in range(len(self.replicas))]
 
-    def wait_idle(self, timeout: float = 60, only: Optional[int] = None) -> None:
-        """Until no replica (or only replica `only`) that answers has a request running or waiting
-        (a down one counts as idle)."""
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until no replica that answers has a request running or waiting (a down one counts as idle)."""
         deadline = time.monotonic() + timeout
         names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
-        which = range(len(self.replicas)) if only is None else [only]
-        while any(self.metric(i, n) > 0 for i in which for n in names):
+        while any(self.metric(i, n) > 0 for i in range(len(self.replicas)) for n in names):
             if time.monotonic() > deadline:
                 raise AssertionError(f"replicas still busy after {timeout}s")
             time.sleep(0.05)
@@ -417,9 +415,10 @@ def _adapt_flag(args: list[str], flag: str, value: str) -> list[str]:
 
 @contextlib.contextmanager
 def data_plane(workdir: Path, *, replicas: int = 2, policy: str = "least_conn", monitoring: bool = True,
-               ready_timeout: float = READY_TIMEOUT_S, cfg: Optional[FleetConfig] = None) -> Iterator[DataPlane]:
+               ready_timeout: float = READY_TIMEOUT_S, cfg: Optional[FleetConfig] = None,
+               replica_env: Optional[Mapping[str, str]] = None) -> Iterator[DataPlane]:
     """Bring up `replicas` vLLM servers, Nginx and, with `monitoring`, the Nginx exporter (if
-    installed) and Prometheus.
+    installed) and Prometheus. `replica_env` overrides the plan's environment of every replica.
 
     Yields a `DataPlane`; stops every process it started on every exit path.
     """
@@ -435,7 +434,7 @@ def data_plane(workdir: Path, *, replicas: int = 2, policy: str = "least_conn", 
         port = free_port()
         argv, env = replica_launch(cfg, r, port=port, model_dir=model_dir, hf_home=workdir / "hf-home",
                                    secret_values={"api_key": api_key})
-        reps.append(Replica(r, port, argv, env, workdir / f"vllm-{r.name}.log"))
+        reps.append(Replica(r, port, argv, {**env, **(replica_env or {})}, workdir / f"vllm-{r.name}.log"))
     dp = DataPlane(cfg, plan, api_key, workdir, model_dir, reps, free_port(), free_port(), nginx_dir,
                    policy=cfg.load_balancer.policy)
     try:
