@@ -112,7 +112,7 @@ class Model(Strict):
     shm_size_mb: int = Field(8192, ge=64, description="Shared memory for multi-GPU replicas without host IPC.")
     drain_timeout_s: int = Field(
         60, ge=0, le=3600, description="On stop or replacement, how long a replica may finish its requests in flight "
-        "(vLLM `--shutdown-timeout`); 0 aborts them at once."
+        "(vLLM `--shutdown-timeout`, vLLM >= 0.18); 0 aborts them at once and omits the flag."
     )
 
     @property

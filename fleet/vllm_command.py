@@ -70,8 +70,9 @@ def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port:
     if overrides:
         args += ["--override-generation-config", _json(overrides)]
     # SIGTERM (docker stop, a pod's termination) lets requests in flight finish; vLLM's own
-    # default (0) aborts them.
-    args += ["--shutdown-timeout", str(model.drain_timeout_s)]
+    # default (0) aborts them. The flag exists since vLLM 0.18: 0 leaves it out for older images.
+    if model.drain_timeout_s:
+        args += ["--shutdown-timeout", str(model.drain_timeout_s)]
     if placement.multi_node:
         # vLLM's multiprocessing multi-node mode: every node runs `vllm serve` with the same
         # parallel sizes; rank 0 serves the API, the others run headless workers.

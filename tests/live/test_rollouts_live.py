@@ -39,9 +39,10 @@ CLIENTS = 2
 # Between a client's requests: steady load that still leaves a 2-core machine room to restart a
 # replica (without it one restart took over 10 minutes here).
 THINK_S = 0.3
-# The plan pins each CPU replica's engine to its cores and vLLM keeps its frontend off them, so
-# on 2 cores a restarting replica's frontend sat pinned to the core of the replica serving all the
-# load and got no CPU for over 10 minutes. Here only, the replicas run unpinned, one thread each.
+# The plan pins each CPU replica's engine to its own cores. On 2 cores, a replica restarted under
+# load twice sat confined to the other replica's core (Cpus_allowed_list 1, while still importing
+# torch; cause not found: a lone pinned start is not confined) behind that replica's busy engine
+# and got no CPU for over 10 minutes. Here only, the replicas run unpinned, one thread each.
 UNPINNED = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
 ACCESS_LINE = re.compile(r"upstream=(?P<up>.*?) upstream_status=.* request_time=(?P<took>[\d.]+) .*ts=(?P<ts>[\d.]+)$", re.M)
 
