@@ -100,10 +100,6 @@ def build_plan(cfg: FleetConfig) -> FleetPlan:
             ports[s.host] = next_port[s.host]
             next_port[s.host] += 1
         replicas.append(_replica(cfg, model, p, ports, cpu_slots.get(p.name)))
-    for model in cfg.models:
-        mine = [r for r in replicas if r.model.name == model.name]
-        for r in mine if len(mine) > 1 else []:  # a lone replica has no one to wait for it
-            r.gate = _rollout_gate(cfg, r)
     services, scrapes = _services(cfg, replicas)
     return FleetPlan(cfg, replicas, services, scrapes)
 
@@ -180,7 +176,10 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
     endpoint = reach(lb, leader_host, lead.name, api_port, host_port)
     target = reach(mon, leader_host, lead.name, api_port, host_port)
     otel_target = reach(mon, leader_host, lead.name, vc.OTEL_PORT, host_port + 1000) if model.runtime == "seed-otel" else None
-    return ReplicaPlan(model, p, containers, endpoint, target, otel_target)
+    plan = ReplicaPlan(model, p, containers, endpoint, target, otel_target)
+    if model.replicas > 1:  # a lone replica has no one to wait for it
+        plan.gate = _rollout_gate(cfg, plan)
+    return plan
 
 
 def _rollout_gate(cfg: FleetConfig, r: ReplicaPlan) -> ContainerSpec:

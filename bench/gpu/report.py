@@ -202,6 +202,7 @@ def findings(doc: dict) -> list[str]:
     v, out = doc["variants"], []
     rng = lambda xs: f"{min(xs):.2f}" if len(xs) == 1 or min(xs) == max(xs) else f"{min(xs):.2f}-{max(xs):.2f}"
     base = v["staging"]["summary"]["server-defaults"]
+    kv_vs_staging = lambda name: v[name]["startup"]["kv_cache_tokens"] / v["staging"]["startup"]["kv_cache_tokens"]
     a64 = [sw["output_tok_s"] for r in doc["runs"] if r["variant"] == "staging" and r["lease"] == "A"
            for sw in r.get("sweeps", []) if sw["workload"] == "server-defaults" and sw["concurrency"] == 64]
     if a64:
@@ -214,19 +215,19 @@ def findings(doc: dict) -> list[str]:
                    f"{rng(_ratios(doc, 'seed-bnb', '128'))}x at 128 (same lease); ITL p50 at 16 streams "
                    f"{_med(doc, 'seed-bnb', '16', 'itl_p50_ms'):.1f} vs {base['16']['itl_p50_ms']['median']:.1f} ms. "
                    f"It saves {v['staging']['startup']['weights_gib'] - v['seed-bnb']['startup']['weights_gib']:.2f} GiB "
-                   f"of weights (+{v['seed-bnb']['startup']['kv_cache_tokens'] / v['staging']['startup']['kv_cache_tokens'] - 1:.1%} KV tokens), "
+                   f"of weights (+{kv_vs_staging('seed-bnb') - 1:.1%} KV tokens), "
                    "which a 1.5B model on an 80 GB card does not need. The pinned vLLM 0.32 has no bitsandbytes at all.")
     if "fp8" in v:
         xs = [x for c in ("1", "16", "64", "128") for x in _ratios(doc, "fp8", c)]
         out.append(f"fp8 weights: {rng(xs)}x staging's output tok/s across 1-128 streams (within noise); weights "
                    f"{v['fp8']['startup']['weights_gib']} vs {v['staging']['startup']['weights_gib']} GiB (embeddings and "
-                   f"lm_head stay bf16), KV tokens +{v['fp8']['startup']['kv_cache_tokens'] / v['staging']['startup']['kv_cache_tokens'] - 1:.1%}. "
+                   f"lm_head stay bf16), KV tokens +{kv_vs_staging('fp8') - 1:.1%}. "
                    "A 1.5B model's decode step is not bound by weight reads on an H100, so fp8 buys memory, not speed, here.")
     if "kv-fp8" in v:
         xs = [x for c in ("1", "16", "64", "128") for x in _ratios(doc, "kv-fp8", c)]
         out.append(f"fp8 KV cache: {v['kv-fp8']['startup']['kv_cache_tokens']:,} tokens vs "
                    f"{v['staging']['startup']['kv_cache_tokens']:,} "
-                   f"({v['kv-fp8']['startup']['kv_cache_tokens'] / v['staging']['startup']['kv_cache_tokens']:.2f}x; "
+                   f"({kv_vs_staging('kv-fp8'):.2f}x; "
                    f"max concurrency at 16,384 tokens {v['kv-fp8']['startup']['max_concurrency']} vs "
                    f"{v['staging']['startup']['max_concurrency']}) at {rng(xs)}x staging's output tok/s (one run).")
     if "mns-64" in v:

@@ -216,17 +216,14 @@ def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
         for i in (0, 1):
             r = dp.replicas[i]
             # A long generation on this very replica, so one is surely in flight at the stop.
-            long: dict[str, StreamResult] = {}
             body = {"model": dp.model, "prompt": "once upon a time", "max_tokens": LONG_TOKENS, "ignore_eos": True}
-            streamer = threading.Thread(target=lambda: long.setdefault(
-                "r", stream_completion(r.url, body, headers=dp.auth(), timeout=300)))
-            streamer.start()
-            time.sleep(1)
-            t_stop = time.monotonic()
-            docker_stop(r.proc, r.plan.containers[0].stop_grace_s)  # SIGTERM: vLLM drains (--shutdown-timeout)
-            t_stopped = time.monotonic()
-            streamer.join()
-            drained = long["r"]
+            with ThreadPoolExecutor(1) as pool:
+                streaming = pool.submit(stream_completion, r.url, body, headers=dp.auth(), timeout=300)
+                time.sleep(1)
+                t_stop = time.monotonic()
+                docker_stop(r.proc, r.plan.containers[0].stop_grace_s)  # SIGTERM: vLLM drains (--shutdown-timeout)
+                t_stopped = time.monotonic()
+                drained = streaming.result()
             assert drained.ok and drained.tokens == LONG_TOKENS and drained.ended > t_stop, (
                 f"the generation in flight on {r.name} was not drained: {drained.status} {drained.tokens} {drained.error}")
             r.start()  # the replacement: same command line and environment
