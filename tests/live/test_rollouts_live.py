@@ -34,7 +34,7 @@ pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER = ROOT / "files/nginx/fleet-nginx.sh"
 MAX_TOKENS = 24
-LONG_TOKENS = 256  # a generation still running when its replica gets SIGTERM
+LONG_TOKENS = 4000  # still running when its replica gets SIGTERM (256 and 2048 finished too soon here)
 CLIENTS = 2
 # Between a client's requests: steady load that still leaves a 2-core machine room to restart a
 # replica (without it one restart took over 10 minutes here).
@@ -219,7 +219,7 @@ def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
             body = {"model": dp.model, "prompt": "once upon a time", "max_tokens": LONG_TOKENS, "ignore_eos": True}
             with ThreadPoolExecutor(1) as pool:
                 streaming = pool.submit(stream_completion, r.url, body, headers=dp.auth(), timeout=300)
-                time.sleep(1)
+                time.sleep(0.5)
                 t_stop = time.monotonic()
                 docker_stop(r.proc, r.plan.containers[0].stop_grace_s)  # SIGTERM: vLLM drains (--shutdown-timeout)
                 t_stopped = time.monotonic()
