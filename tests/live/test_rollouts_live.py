@@ -215,11 +215,16 @@ def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
         load.wait_for(8)
         for i in (0, 1):
             r = dp.replicas[i]
-            # A long generation on this very replica, so one is surely in flight at the stop.
+            # A long generation on this very replica, surely in flight at the stop: it has streamed
+            # its first token, so vLLM's scheduler runs it. (A request still on its way into the
+            # engine when SIGTERM arrives is not drained but aborted: 200, no token. A fixed sleep
+            # before the stop let a busy machine produce exactly that.)
             body = {"model": dp.model, "prompt": "once upon a time", "max_tokens": LONG_TOKENS, "ignore_eos": True}
+            running = threading.Event()
             with ThreadPoolExecutor(1) as pool:
-                streaming = pool.submit(stream_completion, r.url, body, headers=dp.auth(), timeout=300)
-                time.sleep(0.5)
+                streaming = pool.submit(stream_completion, r.url, body, headers=dp.auth(), timeout=300,
+                                        first_token=running)
+                assert running.wait(120), f"the long generation on {r.name} never started: {streaming.result()}"
                 t_stop = time.monotonic()
                 docker_stop(r.proc, r.plan.containers[0].stop_grace_s)  # SIGTERM: vLLM drains (--shutdown-timeout)
                 t_stopped = time.monotonic()

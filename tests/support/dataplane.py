@@ -512,8 +512,10 @@ class StreamResult:
 
 def stream_completion(base: str, body: Mapping[str, Any], *, headers: Optional[Mapping[str, str]] = None,
                       timeout: float = 300, path: str = "/v1/completions",
-                      stop_event: Optional[threading.Event] = None) -> StreamResult:
-    """A streaming completion read line by line, timing the first token as the client sees it."""
+                      stop_event: Optional[threading.Event] = None,
+                      first_token: Optional[threading.Event] = None) -> StreamResult:
+    """A streaming completion read line by line, timing the first token as the client sees it
+    (and setting `first_token` then, for a caller that waits until the request is surely running)."""
     host, port = base.removeprefix("http://").split(":")
     res = StreamResult()
     payload = json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}})
@@ -549,6 +551,8 @@ def stream_completion(base: str, body: Mapping[str, Any], *, headers: Optional[M
                     res.arrivals.append(time.perf_counter() - t0)
                     if res.chunks == 0:
                         res.ttft_s = res.arrivals[0]
+                        if first_token is not None:
+                            first_token.set()
                     res.chunks += 1
                     res.text += piece
     except (OSError, http.client.HTTPException, ValueError) as e:
