@@ -72,10 +72,10 @@ bench: setup
 
 render: $(VENV)/.installed
 	PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)} \
-	  $(PY) -m fleet.offline_render $(STACK)
+	  $(PY) -m tools.offline_render $(STACK)
 
 plan: $(VENV)/.installed
-	$(PY) -m fleet.plan_report $(STACK)
+	$(PY) -m tools.plan_report $(STACK)
 
 # The main job: deploy the `local` stack to this machine's Docker with a self-contained state.
 deploy-prereqs:

@@ -1,18 +1,18 @@
 """vllm-fleet: wires the stack config into components. No logic lives here."""
 import pulumi
 
-from components.docker_host import DockerHost, DockerHostArgs
+from components.docker.host import DockerHost, DockerHostArgs
 from components.k8s.cluster_monitoring import ClusterMonitoring, ClusterMonitoringArgs
 from components.k8s.fleet_namespace import FleetNamespace, FleetNamespaceArgs
 from components.k8s.lws_controller import LwsController, LwsControllerArgs
 from components.k8s.nginx_gateway import NginxGateway, NginxGatewayArgs
 from components.k8s.vllm_model import VllmModel, VllmModelArgs
-from components.load_balancer import NginxLoadBalancer, NginxLoadBalancerArgs
-from components.monitoring import Monitoring, MonitoringArgs
-from components.vllm_replica import VllmReplica, VllmReplicaArgs
-from fleet.config import load_from_pulumi
-from fleet.k8s_plan import build_k8s_plan
-from fleet.plan import build_plan
+from components.docker.load_balancer import NginxLoadBalancer, NginxLoadBalancerArgs
+from components.docker.monitoring import Monitoring, MonitoringArgs
+from components.docker.vllm_replica import VllmReplica, VllmReplicaArgs
+from fleet.config.schema import load_from_pulumi
+from fleet.k8s.plan import build_k8s_plan
+from fleet.docker.plan import build_plan
 
 cfg, secrets = load_from_pulumi()
 

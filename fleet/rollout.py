@@ -9,7 +9,7 @@ the Docker target through a rollout gate container, Kubernetes through `minReady
 """
 from __future__ import annotations
 
-from fleet.config import FleetConfig
+from fleet.config.schema import FleetConfig
 
 SETTLE_MARGIN_S = 2  # Nginx's bench expiring and its next request reaching the replica
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from fleet.config import FleetConfig, Host, Model
-from fleet.placement import ReplicaPlacement, Shard
+from fleet.config.schema import FleetConfig, Host, Model
+from fleet.docker.placement import ReplicaPlacement, Shard
 
 API_PORT = 8000
 OTEL_PORT = 9464

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from support.stacks import require_tool
-from fleet.render import TemplateError, render
+from fleet.render.templates import TemplateError, render
 from tests.support.grafana_queries import vllm_exported_series, vllm_series_in
 
 TEMPLATE = "prometheus/alerts.yml.j2"

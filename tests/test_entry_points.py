@@ -92,7 +92,7 @@ def test_make_up_without_a_docker_daemon_says_so_before_installing_anything(tmp_
 def test_make_render_prints_one_clear_error_for_a_broken_stack(tmp_path):
     broken = tmp_path / "Pulumi.broken-test.yaml"
     broken.write_text((ROOT / "stacks/Pulumi.local.yaml").read_text().replace("replicas: 2", "replicas: 0"))
-    result = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "fleet.offline_render", "broken-test",
+    result = subprocess.run([str(ROOT / ".venv/bin/python"), "-m", "tools.offline_render", "broken-test",
                              "--out", str(tmp_path / "out"), "--stacks-dir", str(tmp_path)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PULUMI_CONFIG_PASSPHRASE": "vllm-fleet-local"})

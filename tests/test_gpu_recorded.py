@@ -152,9 +152,9 @@ PLANNED = [n for n in V if V[n]["rendered_by_program"]]  # the program refuses b
 
 @pytest.mark.parametrize("variant", PLANNED)
 def test_the_planner_agrees_with_vllm_on_the_h100(variant):
-    memory_plan = pytest.importorskip("fleet.memory_plan")
-    from fleet import architecture
-    from fleet.config import Model
+    memory_plan = pytest.importorskip("fleet.capacity.memory")
+    from fleet.capacity import architecture
+    from fleet.config.schema import Model
 
     s = V[variant]["startup"]
     model = Model(**s["model_config"])

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from support.stacks import require_tool
-from fleet.artifacts import GRAFANA_DASHBOARD_DIR
-from fleet.render import FILES
+from fleet.render.files import GRAFANA_DASHBOARD_DIR
+from fleet.render.templates import FILES
 from tests.support.grafana_queries import (
     DASHBOARD,
     dashboard_queries,

@@ -9,8 +9,8 @@ import pytest
 
 from support.refusals import assert_refused_before_any_resource, host, model, setk
 from support.stacks import raw_stack
-from fleet.errors import ConfigError
-from fleet.mock_run import MockRun
+from fleet.config.errors import ConfigError
+from tools.mock_run import MockRun
 
 
 def lb(raw):
@@ -104,7 +104,7 @@ def test_the_catalogue_is_large():
 
 
 def test_a_plain_text_secret_is_refused():
-    from fleet.mock_run import run_program
+    from tools.mock_run import run_program
     import json
 
     raw = raw_stack("local")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from fleet import architecture
+from fleet.capacity import architecture
 from support.refusals import assert_refused_before_any_resource, host, model, setk
 from support.stacks import raw_stack, run_raw
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.offline_render import render_stack
+from tools.offline_render import render_stack
 from test_k8s_stack_graph import K8S_PASSPHRASES, K8S_STACKS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.config import Model
-from fleet.errors import ConfigError
-from fleet.k8s_plan import build_k8s_plan, nodes_per_replica
+from fleet.config.schema import Model
+from fleet.config.errors import ConfigError
+from fleet.k8s.plan import build_k8s_plan, nodes_per_replica
 from support.refusals import assert_refused_before_any_resource
 from support.stacks import raw_stack, run_raw
 from test_k8s_stack_graph import of_kind, vllm_workloads
@@ -118,7 +118,7 @@ def test_the_docker_stacks_still_need_their_hosts():
 
 
 def _with(raw: dict):
-    from fleet.config import parse_config
+    from fleet.config.schema import parse_config
 
     return parse_config({**raw, "api_key": True, "hf_token": True}, STACK)
 

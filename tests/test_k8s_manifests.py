@@ -1,6 +1,6 @@
 """Every manifest the Kubernetes stack declares, checked by what will consume it.
 
-The manifests are the program's recorded inputs under Pulumi's mocks (fleet.offline_render), so
+The manifests are the program's recorded inputs under Pulumi's mocks (tools.offline_render), so
 they are what `pulumi up` would send: core objects through kubernetes-validate in strict mode
 (unknown fields fail), LeaderWorkerSets through the CRD schema kept in files/k8s/ plus their pod
 templates as core PodTemplates, the rendered nginx.conf through `nginx -t`, the PrometheusRule
@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from fleet.offline_render import manifest_path, render_stack
+from tools.offline_render import manifest_path, render_stack
 from support.real_tools import nginx_test, promtool
 from support.stacks import require_tool
 from support.vllm_cli import parse_serve_args

@@ -12,11 +12,11 @@ import re
 import pytest
 import yaml
 
-from fleet.artifacts import alert_rules
-from fleet.k8s_plan import build_k8s_plan
-from fleet.mock_run import MockRun, is_secret, read_stack_file, run_program, stack_config
-from fleet.offline_render import k8s_manifests
-from fleet.render import static
+from fleet.render.files import alert_rules
+from fleet.k8s.plan import build_k8s_plan
+from tools.mock_run import MockRun, is_secret, read_stack_file, run_program, stack_config
+from tools.offline_render import k8s_manifests
+from fleet.render.templates import static
 from support.stacks import raw_stack, run_raw, stack_run
 
 # Kubernetes stacks are kept apart from support.stacks.STACKS: those tests are about Docker containers.
@@ -396,7 +396,7 @@ def test_every_object_is_labelled_with_the_stack_and_namespaced_where_it_should_
 
 
 def _cfg(stack: str):
-    from fleet.config import parse_config
+    from fleet.config.schema import parse_config
 
     raw = raw_stack(stack)
     return parse_config({**raw, "api_key": True, "hf_token": True}, stack)

@@ -12,14 +12,14 @@ import sys
 
 import pytest
 
-from fleet import architecture
-from fleet.architecture import find, parse
-from fleet.config import Model, parse_config
-from fleet.errors import ConfigError
-from fleet.memory_plan import (GiB, count_params, kv_heads_per_gpu, plan_fleet, plan_model, pp_partitions,
+from fleet.capacity import architecture
+from fleet.capacity.architecture import find, parse
+from fleet.config.schema import Model, parse_config
+from fleet.config.errors import ConfigError
+from fleet.capacity.memory import (GiB, count_params, kv_heads_per_gpu, plan_fleet, plan_model, pp_partitions,
                                weight_bytes_of_stage)
-from fleet.mock_run import ROOT, read_stack_file
-from fleet import plan_report
+from tools.mock_run import ROOT, read_stack_file
+from tools import plan_report
 from support.stacks import STACKS
 
 SEED = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -183,7 +183,7 @@ def test_a_pipeline_puts_the_embeddings_first_and_the_lm_head_last():
     qwen = find("Qwen/Qwen2.5-72B-Instruct")
     plan = plan_model(model(hf_id=qwen.hf_id, tensor_parallel_size=4, pipeline_parallel_size=2, max_model_len=32768),
                       qwen, "H100-80GB")
-    from fleet.memory_plan import precision
+    from fleet.capacity.memory import precision
 
     p = precision(plan.model, qwen, None)
     first = weight_bytes_of_stage(qwen, p, 4, 40, True, False, 2)
@@ -195,7 +195,7 @@ def test_a_pipeline_puts_the_embeddings_first_and_the_lm_head_last():
 
 def test_a_tied_lm_head_costs_nothing_on_one_stage_and_a_copy_across_stages():
     qwen = find("Qwen/Qwen2.5-0.5B-Instruct")
-    from fleet.memory_plan import precision
+    from fleet.capacity.memory import precision
 
     p = precision(model(hf_id=qwen.hf_id), qwen, None)
     whole = weight_bytes_of_stage(qwen, p, 1, 24, True, True, 1)
@@ -389,18 +389,18 @@ def test_make_plan_plans_the_kubernetes_stack_by_node_pool(capsys):
 
 
 def test_make_plan_runs_as_a_module_without_a_passphrase():
-    done = subprocess.run([sys.executable, "-m", "fleet.plan_report", "prod"], cwd=ROOT, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "tools.plan_report", "prod"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, env={"PATH": "/usr/bin:/bin", "VLLM_FLEET_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert "llama-70b" in done.stdout and "Placement" in done.stdout
 
 
 def test_make_plan_reports_a_config_error_in_one_line_and_exits_2(monkeypatch, capsys):
-    import fleet.mock_run
+    import tools.mock_run
 
     doc = read_stack_file("staging")
     doc["config"]["vllm-fleet:models"][0]["max_model_len"] = 262144
-    monkeypatch.setattr(fleet.mock_run, "read_stack_file", lambda stack: doc)
+    monkeypatch.setattr(tools.mock_run, "read_stack_file", lambda stack: doc)
     assert plan_report.main(["staging"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -37,8 +37,8 @@ from pulumi_policy.deserialize import SPECIAL_SECRET_SIG, SPECIAL_SIG_KEY, deser
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
-from fleet.errors import PROJECT
-from fleet.mock_run import ROOT, FleetMocks, MockRun, Recorded, read_stack_file, run_program, stack_config
+from fleet.config.errors import PROJECT
+from tools.mock_run import ROOT, FleetMocks, MockRun, Recorded, read_stack_file, run_program, stack_config
 from policy import vllm_fleet_policies as pol
 from support import stacks as shipped
 

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from support.stacks import STACKS, require_tool, stack_run, stack_secrets
-from fleet.offline_render import render_stack
+from tools.offline_render import render_stack
 from support.real_tools import nginx_test, promtool, write_prometheus_tree
 from support.vllm_cli import parse_serve_args
 from test_stack_graphs import labels, rendered_nginx_conf, unwrap, uploads
@@ -96,7 +96,7 @@ def test_offline_render_writes_every_artifact_without_a_secret(stack, tmp_path):
 
 
 def test_offline_render_refuses_to_write_a_leaked_secret(tmp_path, monkeypatch):
-    import fleet.offline_render as offline
+    import tools.offline_render as offline
 
     real = offline.artifacts
     monkeypatch.setattr(offline, "artifacts", lambda run: {**real(run), "leak.txt": "fake-local-api-key-0000"})

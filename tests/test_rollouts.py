@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from fleet.config import parse_config
-from fleet.plan import build_plan
+from fleet.config.schema import parse_config
+from fleet.docker.plan import build_plan
 from support.processes import free_port, start, stop
 from support.stacks import raw_stack, run_raw, stack_run
 from test_stack_graphs import rendered_nginx_conf

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from support.stacks import STACKS, stack_run, stack_secrets
-from fleet import images
-from fleet.mock_run import SECRET_MARK, is_secret
+from fleet.config import images
+from tools.mock_run import SECRET_MARK, is_secret
 from pulumi.runtime import rpc
 
 CONTAINER = "docker:index/container:Container"
@@ -251,10 +251,10 @@ def test_metrics_and_admin_ports_are_not_published_to_the_world(stack):
 
 
 def test_readme_config_reference_matches_the_typed_config():
-    from fleet.config_reference import README, updated
+    from tools.config_reference import README, updated
 
     text = README.read_text()
-    assert updated(text) == text, "README's config table is stale: run `python -m fleet.config_reference`"
+    assert updated(text) == text, "README's config table is stale: run `python -m tools.config_reference`"
 
 
 def test_the_seed_image_runtime_adds_its_opentelemetry_port_to_prometheus():

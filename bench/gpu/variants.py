@@ -2,7 +2,7 @@
 
 Each variant is the `staging` stack with at most a few keys of its model changed (what a user or
 the planner could set in the stack file). The command line is taken from the Pulumi program run
-under mocks (exactly what `pulumi up` would give Docker) and checked against `fleet.plan`, then
+under mocks (exactly what `pulumi up` would give Docker) and checked against `fleet.docker.plan`, then
 only what a bare GPU machine needs is swapped: the model path (the seed's architecture with
 dummy or random weights), the listen address, and `--load-format dummy` where no weights exist.
 
@@ -17,10 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleet.config import parse_config
-from fleet.errors import PROJECT, ConfigError
-from fleet.mock_run import read_stack_file, run_program, stack_config
-from fleet.plan import build_plan
+from fleet.config.schema import parse_config
+from fleet.config.errors import PROJECT, ConfigError
+from tools.mock_run import read_stack_file, run_program, stack_config
+from fleet.docker.plan import build_plan
 
 STACK = "staging"
 REPLICA = "r1-distill-0"
@@ -86,7 +86,7 @@ def render(name: str) -> dict:
     replica = next(r for r in build_plan(parse_config(raw, STACK)).replicas if r.name == REPLICA)
     spec = replica.containers[0]
     if list(spec.command) != list(recorded["command"]):
-        raise SystemExit(f"{name}: fleet.plan and the Pulumi program disagree on the command line")
+        raise SystemExit(f"{name}: fleet.docker.plan and the Pulumi program disagree on the command line")
     device = swap_for_device(list(recorded["command"]), name, real_weights)
     env = dict(spec.env)
     secret_env = sorted(spec.secret_env)

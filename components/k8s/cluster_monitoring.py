@@ -12,10 +12,10 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.k8s import manifests as mf
+from fleet.k8s import manifests as mf
 from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
-from fleet.k8s_plan import K8sPlan
+from fleet.k8s.plan import K8sPlan
 
 
 @dataclass

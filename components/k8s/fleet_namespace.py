@@ -7,9 +7,9 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.k8s import manifests as mf
+from fleet.k8s import manifests as mf
 from components.k8s.resources import declare
-from fleet.k8s_plan import K8sPlan
+from fleet.k8s.plan import K8sPlan
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.k8s import manifests as mf
+from fleet.k8s import manifests as mf
 from components.k8s.fleet_namespace import FleetNamespace
-from fleet.k8s_plan import K8sPlan
+from fleet.k8s.plan import K8sPlan
 
 
 @dataclass

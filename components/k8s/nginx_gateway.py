@@ -6,10 +6,10 @@ from typing import Optional
 
 import pulumi
 
-from components.k8s import manifests as mf
+from fleet.k8s import manifests as mf
 from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
-from fleet.k8s_plan import K8sPlan
+from fleet.k8s.plan import K8sPlan
 
 
 @dataclass

@@ -11,10 +11,10 @@ from typing import Optional
 
 import pulumi
 
-from components.k8s import manifests as mf
+from fleet.k8s import manifests as mf
 from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
-from fleet.k8s_plan import K8sPlan, Workload
+from fleet.k8s.plan import K8sPlan, Workload
 
 # vLLM downloads and loads weights before it is Ready: Pulumi waits that long for a rollout.
 ROLLOUT_TIMEOUT = pulumi.CustomTimeouts(create="90m", update="90m")

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fleet.artifacts import nginx_conf
+from fleet.render.files import nginx_conf
 from support.dataplane import (
     DataPlane, StreamResult, adapt_nginx_conf, call, data_plane, seed_nginx_conf, stream_completion,
 )

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import architecture
-from fleet.config import Model
-from fleet.memory_plan import CPU_BLOCK_SIZE, plan_model
+from fleet.capacity import architecture
+from fleet.config.schema import Model
+from fleet.capacity.memory import CPU_BLOCK_SIZE, plan_model
 from support.processes import free_port, log_tail, running
 from support.tiny_model import make_tiny_model
 from support.vllm_server import tiny_serve_args, vllm_env, vllm_server_cmd

@@ -28,7 +28,7 @@ import pytest
 from support.dataplane import StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion
 from support.dataplane import test_config as dataplane_config
 from support.processes import docker_stop, log_tail, start, stop, wait_http
-from fleet.artifacts import nginx_conf
+from fleet.render.files import nginx_conf
 
 pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]

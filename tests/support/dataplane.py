@@ -3,7 +3,7 @@ generated Nginx, scraped by Prometheus with the generated config and alert rules
 
 Everything comes from the program's own code: `fleet.config.parse_config` on the `local` stack
 (with a few test overrides, `test_config()`), `fleet.plan.build_plan` for every replica's argv and
-environment, `fleet.artifacts` for nginx.conf, prometheus.yml and the rules. Only what cannot be
+environment, `fleet.render.files` for nginx.conf, prometheus.yml and the rules. Only what cannot be
 the same when all containers share one loopback is adapted, each adaptation checked to apply:
 
 - vLLM: the model positional (the tiny dummy-weight model directory instead of the Hub id),
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fleet import vllm_command
-from fleet.artifacts import nginx_conf, prometheus_files
-from fleet.config import FleetConfig, parse_config
-from fleet.plan import NGINX_PORT, NGINX_STATUS_PORT, FleetPlan, ReplicaPlan, Scrape, build_plan
+from fleet.render.files import nginx_conf, prometheus_files
+from fleet.config.schema import FleetConfig, parse_config
+from fleet.docker.plan import NGINX_PORT, NGINX_STATUS_PORT, FleetPlan, ReplicaPlan, Scrape, build_plan
 from support.processes import free_port, kill, log_tail, start, stop, wait_http
 from support.real_tools import write_prometheus_tree
 from support.stacks import raw_stack

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import ConfigError
-from fleet.mock_run import MockRun
+from fleet.config.errors import ConfigError
+from tools.mock_run import MockRun
 from support.stacks import run_raw
 
 

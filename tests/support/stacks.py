@@ -9,8 +9,8 @@ import shutil
 
 import pytest
 
-from fleet.errors import PROJECT
-from fleet.mock_run import MockRun, read_stack_file, run_program, stack_config
+from fleet.config.errors import PROJECT
+from tools.mock_run import MockRun, read_stack_file, run_program, stack_config
 
 STACKS = ("local", "staging", "prod")
 # The shipped stacks' secrets are fake values; these passphrases are documented in each stack file.

@@ -8,7 +8,7 @@ For the Kubernetes target: every object the program declares as a manifest under
 the same nginx.conf, alert rules and vLLM command lines.
 Secrets are redacted; the render fails if any secret value is found in what it wrote.
 
-Usage: python -m fleet.offline_render STACK [--out DIR]
+Usage: python -m tools.offline_render STACK [--out DIR]
   PULUMI_CONFIG_PASSPHRASE (optional) decrypts the stack's secrets so the leak check is exact.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ import shutil
 import sys
 from pathlib import Path
 
-from fleet.errors import ConfigError
-from fleet.config import parse_config
-from fleet.plan import NGINX_CONF_UPLOAD
-from fleet.plan_report import plan_text, raw_values
-from fleet.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, read_stack_file, run_program, stack_config
+from fleet.config.errors import ConfigError
+from fleet.config.schema import parse_config
+from fleet.docker.plan import NGINX_CONF_UPLOAD
+from tools.plan_report import plan_text, raw_values
+from tools.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, read_stack_file, run_program, stack_config
 
 CONTAINER = "docker:index/container:Container"
 # Where an upload is written when its container path would say little to a reviewer.
@@ -114,7 +114,7 @@ HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 def _manifest_value(value):
     """Recorded inputs as manifest values: secret values redacted (a Secret keeps its keys), and
     the mocks' floats back to the integers they were."""
-    from fleet.mock_run import is_secret
+    from tools.mock_run import is_secret
 
     if is_secret(value):
         inner = value.get("value")
@@ -148,7 +148,7 @@ def manifest_path(m: dict) -> str:
 def k8s_artifacts(run: MockRun) -> dict[str, str]:
     import yaml
 
-    from fleet.render import HEADER
+    from fleet.render.templates import HEADER
 
     def dump(doc) -> str:
         # Sorted keys: apiVersion, kind, metadata, spec come first, and reviews diff stably.

@@ -6,9 +6,9 @@ from typing import Mapping, Optional
 
 import pulumi
 
-from components.docker_container import container
-from components.docker_host import DockerHost
-from fleet.plan import ReplicaPlan
+from components.docker.container import container
+from components.docker.host import DockerHost
+from fleet.docker.plan import ReplicaPlan
 
 
 @dataclass

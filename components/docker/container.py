@@ -9,8 +9,8 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_docker as docker
 
-from components.docker_host import DockerHost
-from fleet.container_spec import ContainerSpec
+from components.docker.host import DockerHost
+from fleet.docker.container_spec import ContainerSpec
 
 
 def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent: pulumi.Resource,

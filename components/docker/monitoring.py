@@ -8,10 +8,10 @@ from typing import Mapping, Optional
 import pulumi
 import pulumi_random as random
 
-from components.docker_container import container
-from components.docker_host import DockerHost
-from fleet.artifacts import grafana_files, prometheus_files
-from fleet.plan import FleetPlan
+from components.docker.container import container
+from components.docker.host import DockerHost
+from fleet.render.files import grafana_files, prometheus_files
+from fleet.docker.plan import FleetPlan
 
 
 @dataclass

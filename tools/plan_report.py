@@ -5,7 +5,7 @@ and the sequences of max_model_len that fit at once; then where every replica ru
 ids -> replica) and notes. Reads the stack file only: secrets are not decrypted (only whether they
 are set matters), nothing is deployed. `plan_text(cfg)` is the same text, for the offline render.
 
-Usage: python -m fleet.plan_report STACK
+Usage: python -m tools.plan_report STACK
 """
 from __future__ import annotations
 
@@ -13,17 +13,18 @@ import json
 import sys
 from typing import Any
 
-from fleet import images, rollout, vllm_command as vc
-from fleet.config import SECRET_KEYS, FleetConfig, parse_config
-from fleet.errors import PROJECT, ConfigError
-from fleet.gpus import GPU_MODELS
-from fleet.memory_plan import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVERHEAD, MULTI_GPU_OVERHEAD, FleetCapacity,
+from fleet import rollout, vllm_command as vc
+from fleet.config import images
+from fleet.config.schema import SECRET_KEYS, FleetConfig, parse_config
+from fleet.config.errors import PROJECT, ConfigError
+from fleet.config.gpus import GPU_MODELS
+from fleet.capacity.memory import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVERHEAD, MULTI_GPU_OVERHEAD, FleetCapacity,
                                GiB, ModelMemory, plan_fleet)
 
 
 def raw_values(doc: dict[str, Any]) -> dict[str, Any]:
     """A stack file's `vllm-fleet:*` values, as parse_config takes them; secrets are only marked set."""
-    from fleet.mock_run import stack_config
+    from tools.mock_run import stack_config
 
     config, secret_keys, _ = stack_config(doc, None)
     raw: dict[str, Any] = {}
@@ -179,7 +180,7 @@ def plan_text(cfg: FleetConfig) -> str:
 
 
 def report(stack: str) -> str:
-    from fleet.mock_run import read_stack_file
+    from tools.mock_run import read_stack_file
 
     return plan_text(parse_config(raw_values(read_stack_file(stack)), stack))
 
@@ -187,7 +188,7 @@ def report(stack: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m fleet.plan_report STACK", file=sys.stderr)
+        print("usage: python -m tools.plan_report STACK", file=sys.stderr)
         return 2
     try:
         text = report(args[0])

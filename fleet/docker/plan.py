@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fleet.config import FleetConfig, Host, Model
-from fleet.container_spec import ContainerSpec, HealthCheck, Mount, Port
-from fleet.placement import ReplicaPlacement, Shard, place
+from fleet.config.schema import FleetConfig, Host, Model
+from fleet.docker.container_spec import ContainerSpec, HealthCheck, Mount, Port
+from fleet.docker.placement import ReplicaPlacement, Shard, place
 from fleet import rollout, vllm_command as vc
-from fleet.render import static
+from fleet.render.templates import static
 
 VLLM_HOST_PORT_BASE = 8000
 MASTER_PORT_BASE = 29500

@@ -8,7 +8,7 @@ from typing import Optional
 import pulumi
 import pulumi_docker as docker
 
-from fleet.config import Host
+from fleet.config.schema import Host
 
 
 @dataclass

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.config import FleetConfig, Host, Model
-from fleet.errors import ConfigError
+from fleet.config.schema import FleetConfig, Host, Model
+from fleet.config.errors import ConfigError
 
 
 @dataclass(frozen=True)

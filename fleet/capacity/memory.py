@@ -1,7 +1,7 @@
 """The capacity planner: what each replica puts on each GPU, and the checks that refuse a
 deployment vLLM could not start.
 
-Per model and replica, from the model's architecture (fleet.architecture):
+Per model and replica, from the model's architecture (fleet.capacity.architecture):
 - parameters: embeddings, attention q/k/v/o (grouped-query: k and v have num_key_value_heads),
   MLP gate/up/down (or experts), norms, and the lm_head unless tied to the embeddings;
 - weight bytes by dtype and quantization, and per GPU after vLLM's split: tensor parallelism
@@ -24,12 +24,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fleet import architecture as arch_mod
-from fleet import images
-from fleet.architecture import Architecture
-from fleet.config import FleetConfig, Model
-from fleet.errors import ConfigError
-from fleet.gpus import GPU_MODELS, GpuModel
+from fleet.capacity import architecture as arch_mod
+from fleet.config import images
+from fleet.capacity.architecture import Architecture
+from fleet.config.schema import FleetConfig, Model
+from fleet.config.errors import ConfigError
+from fleet.config.gpus import GPU_MODELS, GpuModel
 
 GiB = 1 << 30
 VOCAB_PADDING = 64  # vLLM pads the vocabulary of embeddings and lm_head to a multiple of 64
@@ -375,7 +375,7 @@ def draft_architecture(m: Model, i: int) -> Optional[Architecture]:
 
 
 def plan_fleet(cfg: FleetConfig, archs: Optional[list[Architecture]] = None) -> FleetCapacity:
-    from fleet.placement import place
+    from fleet.docker.placement import place
 
     archs = archs or [arch_mod.resolve(m, i) for i, m in enumerate(cfg.models)]
     placements = place(cfg) if getattr(cfg, "target", "docker") == "docker" else []

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fleet.errors import ConfigError
+from fleet.config.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = ROOT / "files" / "models"
 HUB_URL = "https://huggingface.co/{hf_id}/resolve/{revision}/config.json"
 FETCH_TIMEOUT_S = (5, 15)  # connect, read

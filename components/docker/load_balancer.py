@@ -6,12 +6,12 @@ from typing import Mapping, Optional
 
 import pulumi
 
-from components.docker_container import container
-from components.docker_host import DockerHost
-from fleet.artifacts import nginx_conf
-from fleet.config import FleetConfig
-from fleet.container_spec import ContainerSpec
-from fleet.plan import NGINX_CONF_UPLOAD
+from components.docker.container import container
+from components.docker.host import DockerHost
+from fleet.render.files import nginx_conf
+from fleet.config.schema import FleetConfig
+from fleet.docker.container_spec import ContainerSpec
+from fleet.docker.plan import NGINX_CONF_UPLOAD
 
 
 @dataclass

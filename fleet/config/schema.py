@@ -14,9 +14,9 @@ from typing import Any, Literal, Optional
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet import images
-from fleet.errors import PROJECT, ConfigError
-from fleet.gpus import GPU_MODELS
+from fleet.config import images
+from fleet.config.errors import PROJECT, ConfigError
+from fleet.config.gpus import GPU_MODELS
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
 SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password")
@@ -388,7 +388,7 @@ def parse_config(raw: dict[str, Any], stack: str) -> FleetConfig:
         cfg = FleetConfig(stack=stack, has_api_key=bool(raw.get("api_key")), has_hf_token=bool(raw.get("hf_token")), **values)
     except pydantic.ValidationError as err:
         raise from_validation_error(err, raw, stack) from None
-    from fleet.checks import check_fleet  # cross-field rules live with the planner's checks
+    from fleet.config.rules import check_fleet  # cross-field rules live with the planner's checks
 
     check_fleet(cfg)
     return cfg

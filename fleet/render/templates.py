@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 import yaml
 
-FILES = Path(__file__).resolve().parent.parent / "files"
+FILES = Path(__file__).resolve().parents[2] / "files"
 HEADER = "managed by vllm-fleet: generated from the stack config, do not edit by hand"
 
 _env = jinja2.Environment(

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from fleet import images
-from fleet.config import FleetConfig
-from fleet.errors import ConfigError
-from fleet.gpus import GPU_MODELS
+from fleet.config import images
+from fleet.config.schema import FleetConfig
+from fleet.config.errors import ConfigError
+from fleet.config.gpus import GPU_MODELS
 
 # Flags the program derives from the inventory; setting them in extra_args would contradict it.
 MANAGED_FLAGS = (
@@ -35,7 +35,7 @@ def check_fleet(cfg: FleetConfig) -> None:
     if cfg.target == "docker":
         _check_roles_and_ports(cfg)
     _check_images(cfg)
-    from fleet.memory_plan import check_memory  # the capacity planner's checks (issue 4)
+    from fleet.capacity.memory import check_memory  # the capacity planner's checks (issue 4)
 
     check_memory(cfg)
 
@@ -80,7 +80,7 @@ def _check_models(cfg: FleetConfig) -> None:
     for i, m in enumerate(cfg.models):
         k = f"models[{i}]"
         if cfg.target == "kubernetes":
-            pass  # devices and GPU generations are matched against node pools (_check_kubernetes, fleet.k8s_plan)
+            pass  # devices and GPU generations are matched against node pools (_check_kubernetes, fleet.k8s.plan)
         elif m.device == "cpu":
             if not cpu_hosts:
                 raise ConfigError(f"{k}.device", "cpu", "no CPU host (gpus: 0) in the inventory",

@@ -11,11 +11,11 @@ import hashlib
 from typing import Any, Optional
 
 from fleet import rollout, vllm_command as vc
-from fleet.k8s_plan import (
+from fleet.k8s.plan import (
     API_PORT, SERVICE_PORT_NAME, SHM_PATH, K8sPlan, PodRole, Workload, labels, pod_ports, selector_labels, workload_labels,
 )
-from fleet.plan import DCGM_PORT, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
-from fleet.render import static
+from fleet.docker.plan import DCGM_PORT, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
+from fleet.render.templates import static
 
 Manifest = dict[str, Any]
 

@@ -1,6 +1,6 @@
 """The README's config reference table, generated from the typed config (the single source).
 
-`python -m fleet.config_reference` rewrites the table in README.md; a test fails when it is stale.
+`python -m tools.config_reference` rewrites the table in README.md; a test fails when it is stale.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from fleet.config import (
+from fleet.config.schema import (
     SECRET_KEYS, Autoscaling, FleetConfig, HfCache, Host, K8sMonitoring, Kubernetes, LoadBalancer, Model, Monitoring,
     NodePool, Sampling, Speculative, Toleration,
 )

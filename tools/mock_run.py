@@ -19,7 +19,7 @@ from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from fleet.errors import PROJECT
+from fleet.config.errors import PROJECT
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARK = "[secret]"

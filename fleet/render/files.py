@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from fleet.config import FleetConfig
-from fleet.plan import NGINX_PORT, NGINX_STATUS_PORT, PROMETHEUS_PORT, Scrape, container_name
-from fleet.render import render, static
+from fleet.config.schema import FleetConfig
+from fleet.docker.plan import NGINX_PORT, NGINX_STATUS_PORT, PROMETHEUS_PORT, Scrape, container_name
+from fleet.render.templates import render, static
 
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards"
 

@@ -24,11 +24,11 @@ from typing import Literal, Optional
 import yaml
 
 from fleet import vllm_command as vc
-from fleet.artifacts import alert_rules, nginx_conf
-from fleet.config import Autoscaling, FleetConfig, Host, Kubernetes, Model, NodePool
-from fleet.errors import ConfigError
-from fleet.gpus import GPU_MODELS
-from fleet.placement import ReplicaPlacement, Shard
+from fleet.render.files import alert_rules, nginx_conf
+from fleet.config.schema import Autoscaling, FleetConfig, Host, Kubernetes, Model, NodePool
+from fleet.config.errors import ConfigError
+from fleet.config.gpus import GPU_MODELS
+from fleet.docker.placement import ReplicaPlacement, Shard
 
 API_PORT = vc.API_PORT
 MASTER_PORT = 29500  # every pod has its own IP: one fixed rendezvous port is enough
