@@ -1,14 +1,16 @@
-"""The `vllm serve` command line and environment of one replica (or one node of a replica).
+"""The `vllm serve` command line and environment of one replica (or one machine of a replica).
 
-Everything here follows vLLM's documented flags for the pinned release; a test runs vLLM's own
-argument parser over every command line this module produces.
+Shared by both targets, so it takes neutral inputs (how many machines, which rank, the machine's
+interconnect), never a target's own types. Everything here follows vLLM's documented flags for
+the pinned release; a test runs vLLM's own argument parser over every command line it produces.
 """
 from __future__ import annotations
 
 import json
 
-from fleet.config.schema import FleetConfig, Host, Model
-from fleet.docker.placement import ReplicaPlacement, Shard
+from typing import Optional
+
+from fleet.config.schema import FleetConfig, Model
 
 API_PORT = 8000
 OTEL_PORT = 9464
@@ -36,9 +38,10 @@ def generation_overrides(model: Model) -> dict:
     return model.sampling.model_dump(exclude_none=True)
 
 
-def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port: int, master_addr: str = "",
-               master_port: int = 0, bind: str = "0.0.0.0") -> list[str]:
-    """The argv after `vllm serve` for `shard` of a replica. `bind`: the address the API listens on."""
+def serve_args(model: Model, *, port: int, bind: str = "0.0.0.0", nodes: int = 1, node_rank: object = 0,
+               master_addr: str = "", master_port: int = 0) -> list[str]:
+    """The argv after `vllm serve` for machine `node_rank` of `nodes` of a replica. `bind`: the
+    address the API listens on; `node_rank` may be a placeholder the platform expands."""
     args = [model.hf_id, "--host", bind, "--port", str(port),
             "--served-model-name", model.client_model_name]
     if model.revision:
@@ -73,12 +76,12 @@ def serve_args(model: Model, placement: ReplicaPlacement, shard: Shard, *, port:
     # default (0) aborts them. The flag exists since vLLM 0.18: 0 leaves it out for older images.
     if model.drain_timeout_s:
         args += ["--shutdown-timeout", str(model.drain_timeout_s)]
-    if placement.multi_node:
+    if nodes > 1:
         # vLLM's multiprocessing multi-node mode: every node runs `vllm serve` with the same
         # parallel sizes; rank 0 serves the API, the others run headless workers.
-        args += ["--nnodes", str(len(placement.shards)), "--node-rank", str(shard.node_rank),
+        args += ["--nnodes", str(nodes), "--node-rank", str(node_rank),
                  "--master-addr", master_addr, "--master-port", str(master_port)]
-        if shard.node_rank > 0:
+        if node_rank != 0:
             args.append("--headless")
     return args + list(model.extra_args)
 
@@ -92,23 +95,26 @@ def stop_grace_s(model: Model) -> int:
     return model.drain_timeout_s + TEARDOWN_S
 
 
-def replica_env(cfg: FleetConfig, model: Model, placement: ReplicaPlacement, host: Host,
-                cpu_bind: str | None) -> dict[str, str]:
+def replica_env(cfg: FleetConfig, model: Model, *, nodes: int = 1, nvlink: bool = False,
+                nccl_socket_ifname: Optional[str] = None, host_ip: Optional[str] = None,
+                cpu_bind: Optional[str] = None) -> dict[str, str]:
+    """`host_ip`: the machine's address for a multi-machine replica (None where the platform sets
+    VLLM_HOST_IP itself, e.g. a pod's own IP)."""
     env = {"HF_HOME": HF_HOME, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if model.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(model.cpu_kvcache_space_gib)
         if cpu_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind
-    elif model.gpus_per_replica > 1 or placement.multi_node:
+    elif model.gpus_per_replica > 1 or nodes > 1:
         env["NCCL_DEBUG"] = cfg.nccl_debug
-        if not host.nvlink:
+        if not nvlink:
             # PCIe-only GPUs: peer-to-peer transfers stall or fail; NCCL falls back to shared memory.
             env["NCCL_P2P_DISABLE"] = "1"
-        if host.nccl_socket_ifname:
-            env["NCCL_SOCKET_IFNAME"] = host.nccl_socket_ifname
-            env["GLOO_SOCKET_IFNAME"] = host.nccl_socket_ifname
-        if placement.multi_node:
-            env["VLLM_HOST_IP"] = host.address
+        if nccl_socket_ifname:
+            env["NCCL_SOCKET_IFNAME"] = nccl_socket_ifname
+            env["GLOO_SOCKET_IFNAME"] = nccl_socket_ifname
+        if nodes > 1 and host_ip:
+            env["VLLM_HOST_IP"] = host_ip
     return {**env, **model.env}
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from fleet.config.schema import Model
 from fleet.config.errors import ConfigError
-from fleet.k8s.plan import build_k8s_plan, nodes_per_replica
+from fleet.capacity.layout import machines_per_replica
+from fleet.k8s.plan import build_k8s_plan
 from support.refusals import assert_refused_before_any_resource
 from support.stacks import raw_stack, run_raw
 from test_k8s_stack_graph import of_kind, vllm_workloads
@@ -35,7 +36,7 @@ STACK = "prod-k8s"
 ])
 def test_pods_per_replica_follow_the_node_size(gpus_per_node, tp, pp, nodes):
     model = Model(name="m", hf_id="org/m", tensor_parallel_size=tp, pipeline_parallel_size=pp)
-    assert nodes_per_replica(model, gpus_per_node) == nodes
+    assert machines_per_replica(model, gpus_per_node) == nodes
 
 
 def pools(*specs):
@@ -118,7 +119,7 @@ def test_the_docker_stacks_still_need_their_hosts():
 
 
 def _with(raw: dict):
-    from fleet.config.schema import parse_config
+    from fleet.config.load import parse_config
 
     return parse_config({**raw, "api_key": True, "hf_token": True}, STACK)
 

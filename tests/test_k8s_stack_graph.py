@@ -396,7 +396,7 @@ def test_every_object_is_labelled_with_the_stack_and_namespaced_where_it_should_
 
 
 def _cfg(stack: str):
-    from fleet.config.schema import parse_config
+    from fleet.config.load import parse_config
 
     raw = raw_stack(stack)
     return parse_config({**raw, "api_key": True, "hf_token": True}, stack)

@@ -14,9 +14,10 @@ import pytest
 
 from fleet.capacity import architecture
 from fleet.capacity.architecture import find, parse
-from fleet.config.schema import Model, parse_config
+from fleet.config.schema import Model
+from fleet.config.load import parse_config
 from fleet.config.errors import ConfigError
-from fleet.capacity.memory import (GiB, count_params, kv_heads_per_gpu, plan_fleet, plan_model, pp_partitions,
+from fleet.capacity.memory import (GiB, count_params, kv_heads_per_gpu, plan_model, pp_partitions,
                                weight_bytes_of_stage)
 from tools.mock_run import ROOT, read_stack_file
 from tools import plan_report
@@ -336,7 +337,7 @@ def test_a_hub_failure_falls_through_to_the_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_shipped_stack_passes_the_planner(stack):
-    cap = plan_fleet(stack_cfg(stack))
+    cap = plan_report.target_plan(stack_cfg(stack)).capacity
     for i, by_device in cap.plans.items():
         for plan in by_device.values():
             assert plan.max_sequences >= 1, (stack, plan.model.name, plan.device)
@@ -345,7 +346,7 @@ def test_every_shipped_stack_passes_the_planner(stack):
 
 
 def test_prod_plans_llama_70b_at_15_sequences_of_32k_per_replica():
-    cap = plan_fleet(stack_cfg("prod"))
+    cap = plan_report.target_plan(stack_cfg("prod")).capacity
     llama = cap.plans[0]["H100-80GB"]
     assert llama.gpus == 4
     assert 32 * GiB < llama.weight_bytes_per_gpu < 34 * GiB
@@ -396,11 +397,9 @@ def test_make_plan_runs_as_a_module_without_a_passphrase():
 
 
 def test_make_plan_reports_a_config_error_in_one_line_and_exits_2(monkeypatch, capsys):
-    import tools.mock_run
-
     doc = read_stack_file("staging")
     doc["config"]["vllm-fleet:models"][0]["max_model_len"] = 262144
-    monkeypatch.setattr(tools.mock_run, "read_stack_file", lambda stack: doc)
+    monkeypatch.setattr(plan_report, "read_stack_file", lambda stack: doc)
     assert plan_report.main(["staging"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fleet.config.schema import parse_config
+from fleet.config.load import parse_config
 from fleet.docker.plan import build_plan
 from support.processes import free_port, start, stop
 from support.stacks import raw_stack, run_raw, stack_run

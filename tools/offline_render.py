@@ -16,15 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
 
+import yaml
+
 from fleet.config.errors import ConfigError
-from fleet.config.schema import parse_config
+from fleet.config.load import parse_config
 from fleet.docker.plan import NGINX_CONF_UPLOAD
+from fleet.render.templates import HEADER
 from tools.plan_report import plan_text, raw_values
-from tools.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, read_stack_file, run_program, stack_config
+from tools.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, is_secret, read_stack_file, run_program, stack_config
 
 CONTAINER = "docker:index/container:Container"
 # Where an upload is written when its container path would say little to a reviewer.
@@ -54,8 +58,6 @@ def artifacts(run: MockRun) -> dict[str, str]:
 
 def command_script(argv: list[str], envs: list[str] | str) -> str:
     """The replica's environment and command, one flag per line so review diffs stay small."""
-    import shlex
-
     env_lines = [SECRET_MARK] if envs == SECRET_MARK else [f"export {shlex.quote(e)}" for e in envs]
     parts, line = [], []
     for arg in argv:
@@ -114,8 +116,6 @@ HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 def _manifest_value(value):
     """Recorded inputs as manifest values: secret values redacted (a Secret keeps its keys), and
     the mocks' floats back to the integers they were."""
-    from tools.mock_run import is_secret
-
     if is_secret(value):
         inner = value.get("value")
         return {k: SECRET_MARK for k in inner} if isinstance(inner, dict) else SECRET_MARK
@@ -146,10 +146,6 @@ def manifest_path(m: dict) -> str:
 
 
 def k8s_artifacts(run: MockRun) -> dict[str, str]:
-    import yaml
-
-    from fleet.render.templates import HEADER
-
     def dump(doc) -> str:
         # Sorted keys: apiVersion, kind, metadata, spec come first, and reviews diff stably.
         return f"# {HEADER}\n" + yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, width=120)

@@ -15,17 +15,19 @@ from typing import Any
 
 from fleet import rollout, vllm_command as vc
 from fleet.config import images
-from fleet.config.schema import SECRET_KEYS, FleetConfig, parse_config
+from fleet.config.schema import SECRET_KEYS, FleetConfig
+from fleet.config.load import parse_config
 from fleet.config.errors import PROJECT, ConfigError
 from fleet.config.gpus import GPU_MODELS
 from fleet.capacity.memory import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVERHEAD, MULTI_GPU_OVERHEAD, FleetCapacity,
-                               GiB, ModelMemory, plan_fleet)
+                                   GiB, ModelMemory)
+from fleet.docker.plan import DockerPlan, build_plan
+from fleet.k8s.plan import K8sPlan, build_k8s_plan
+from tools.mock_run import read_stack_file, stack_config
 
 
 def raw_values(doc: dict[str, Any]) -> dict[str, Any]:
     """A stack file's `vllm-fleet:*` values, as parse_config takes them; secrets are only marked set."""
-    from tools.mock_run import stack_config
-
     config, secret_keys, _ = stack_config(doc, None)
     raw: dict[str, Any] = {}
     prefix = f"{PROJECT}:"
@@ -109,25 +111,23 @@ def detail_lines(cap: FleetCapacity) -> list[str]:
     return out
 
 
-def placement_lines(cap: FleetCapacity) -> list[str]:
-    cfg = cap.cfg
-    if getattr(cfg, "target", "docker") == "kubernetes":
-        rows = []
-        pools = cfg.kubernetes.node_pools if cfg.kubernetes else []
-        for m in cfg.models:
-            pool = next((p for p in pools if m.name in p.models), None) or next((p for p in pools if not p.models), None)
-            rows.append([pool.name if pool else "-", pool.gpu_model if pool else "-", m.name,
-                         f"{m.replicas} x {m.gpus_per_replica} GPUs"])
+def placement_lines(plan: DockerPlan | K8sPlan) -> list[str]:
+    """Where the target placed every replica: the same decision the deployment declares."""
+    cfg = plan.cfg
+    if isinstance(plan, K8sPlan):
+        rows = [[w.pool.name, w.pool.gpu_model, w.model.name,
+                 f"{w.replicas} x {w.gpus_per_replica} GPUs" + (f" ({w.nodes} pods each)" if w.multi_node else "")]
+                for w in plan.workloads]
         return _table(rows, ["node pool", "GPU", "model", "replicas"])
     rows = []
-    for p in cap.placements:
+    for p in plan.placements:
         for s in p.shards:
             host = cfg.host(s.host)
             ids = ",".join(map(str, s.gpu_ids)) if s.gpu_ids else "(CPU)"
             part = f" (node {s.node_rank} of {len(p.shards)})" if p.multi_node else ""
             rows.append([s.host, host.gpu_model or "-", ids, p.name + part])
     for h in cfg.hosts:
-        used = {g for p in cap.placements for s in p.shards if s.host == h.name for g in s.gpu_ids}
+        used = {g for p in plan.placements for s in p.shards if s.host == h.name for g in s.gpu_ids}
         free = [g for g in range(h.gpus) if g not in used]
         if free:
             rows.append([h.name, h.gpu_model or "-", ",".join(map(str, free)), "(free)"])
@@ -162,12 +162,18 @@ def rollout_lines(cfg: FleetConfig) -> list[str]:
     return _table(rows, ["model", "replicas", "replaced", "requests in flight drain", "next replica once"])
 
 
+def target_plan(cfg: FleetConfig) -> DockerPlan | K8sPlan:
+    """The plan the deployment itself builds: placement and capacity decided (and refused) once."""
+    return build_k8s_plan(cfg) if cfg.target == "kubernetes" else build_plan(cfg)
+
+
 def plan_text(cfg: FleetConfig) -> str:
     """The capacity plan of a validated config, as `make plan` prints it."""
-    cap = plan_fleet(cfg)
+    plan = target_plan(cfg)
+    cap = plan.capacity
     lines = [f"Capacity plan of stack `{cfg.stack}` (vLLM {images.VLLM_VERSION})", ""]
     lines += model_lines(cap)
-    lines += ["", *detail_lines(cap), "", "Placement", *placement_lines(cap)]
+    lines += ["", *detail_lines(cap), "", "Placement", *placement_lines(plan)]
     lines += ["", "Rollouts (a change that replaces replicas)", *rollout_lines(cfg)]
     extra = notes(cap)
     if extra:
@@ -180,8 +186,6 @@ def plan_text(cfg: FleetConfig) -> str:
 
 
 def report(stack: str) -> str:
-    from tools.mock_run import read_stack_file
-
     return plan_text(parse_config(raw_values(read_stack_file(stack)), stack))
 
 

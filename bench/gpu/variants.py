@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleet.config.schema import parse_config
+from fleet.config.load import parse_config
 from fleet.config.errors import PROJECT, ConfigError
 from tools.mock_run import read_stack_file, run_program, stack_config
 from fleet.docker.plan import build_plan

@@ -6,17 +6,17 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import pulumi
-import pulumi_random as random
 
 from components.docker.container import container
+from components.grafana_password import grafana_admin_password
 from components.docker.host import DockerHost
 from fleet.render.files import grafana_files, prometheus_files
-from fleet.docker.plan import FleetPlan
+from fleet.docker.plan import DockerPlan
 
 
 @dataclass
 class MonitoringArgs:
-    plan: FleetPlan
+    plan: DockerPlan
     hosts: Mapping[str, DockerHost]
     replica_targets: list[pulumi.Output[str]]  # one per job "vllm" scrape, in plan order
     secrets: Mapping[str, pulumi.Output[str]]
@@ -30,12 +30,7 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("vllm-fleet:docker:Monitoring", name, None, opts)
         plan, cfg = args.plan, args.plan.cfg
-        password = args.secrets.get("grafana_admin_password")
-        if password is None:
-            # No default password: generate one and keep it as a Pulumi secret (stack output).
-            password = random.RandomPassword(f"{name}-grafana-admin", length=24, special=False,
-                                             opts=pulumi.ResourceOptions(parent=self)).result
-        self.grafana_admin_password = pulumi.Output.secret(password)
+        self.grafana_admin_password = grafana_admin_password(name, args.secrets, self)
 
         def scrapes_with(targets: list[str]):
             it = iter(targets)
@@ -47,7 +42,7 @@ class Monitoring(pulumi.ComponentResource):
         for spec in plan.services:
             if spec.role in ("nginx", "nginx-config"):
                 continue
-            uploads = files if spec.role == "prometheus" else grafana_files(cfg) if spec.role == "grafana" else None
+            uploads = files if spec.role == "prometheus" else grafana_files(cfg, plan.prometheus_url) if spec.role == "grafana" else None
             self.containers[spec.role + ("" if spec.role != "dcgm-exporter" else f"-{spec.host}")] = container(
                 f"{name}-{spec.name.removeprefix(cfg.stack + '-')}", spec, args.hosts[spec.host], self,
                 {"grafana_admin_password": self.grafana_admin_password}, uploads=uploads, depends_on=args.depends_on)

@@ -10,9 +10,9 @@ from typing import Mapping, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
-import pulumi_random as random
 
 from fleet.k8s import manifests as mf
+from components.grafana_password import grafana_admin_password
 from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
 from fleet.k8s.plan import K8sPlan
@@ -44,12 +44,7 @@ class ClusterMonitoring(pulumi.ComponentResource):
         self.grafana_url = None
         self.release = None
         if install:
-            password = args.secrets.get("grafana_admin_password")
-            if password is None:
-                # No default password: generate one and keep it as a Pulumi secret (stack output).
-                password = random.RandomPassword(f"{name}-grafana-admin", length=24, special=False,
-                                                 opts=pulumi.ResourceOptions(parent=self)).result
-            self.grafana_admin_password = pulumi.Output.secret(password)
+            self.grafana_admin_password = grafana_admin_password(name, args.secrets, self)
             admin = mf.grafana_admin_secret(plan)
             self.grafana_secret = declare(f"{name}-grafana-admin", admin, in_mon, string_data={
                 **admin["stringData"], "admin-password": self.grafana_admin_password})

@@ -16,7 +16,8 @@ Per model and replica, from the model's architecture (fleet.capacity.architectur
 - the tokens that fit (whole KV blocks: 16 tokens on GPUs, 128 on vLLM's CPU backend) and the
   sequences of max_model_len that fit at once (vLLM's "Maximum concurrency").
 
-`check_memory(cfg)` runs at the end of fleet.checks.check_fleet: before any resource exists.
+The refusals built on it are in fleet.capacity.refusals; each target's plan runs them on the
+devices it chose, before any resource exists.
 """
 from __future__ import annotations
 
@@ -25,10 +26,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from fleet.capacity import architecture as arch_mod
-from fleet.config import images
 from fleet.capacity.architecture import Architecture
 from fleet.config.schema import FleetConfig, Model
-from fleet.config.errors import ConfigError
 from fleet.config.gpus import GPU_MODELS, GpuModel
 
 GiB = 1 << 30
@@ -60,9 +59,6 @@ def vllm_batch_defaults(gpu_name: str) -> tuple[int, int]:
     return 256, 2048
 
 
-# Least compute capability of vLLM's kernels per quantization (get_min_capability in vLLM 0.32;
-# the Marlin kernels need Ampere). fp8 and bfloat16 are checked in fleet.checks.
-MIN_CAPABILITY = {"awq": 7.5, "awq_marlin": 8.0, "gptq": 6.0, "gptq_marlin": 8.0, "compressed-tensors": 7.0}
 # Quantizations that load a checkpoint quantized ahead of time, by the quant_method its config.json names.
 PREQUANTIZED = {"awq": "awq", "awq_marlin": "awq", "gptq": "gptq", "gptq_marlin": "gptq",
                 "compressed-tensors": "compressed-tensors"}
@@ -329,42 +325,28 @@ def plan_model(m: Model, a: Architecture, device: str, draft: Optional[Architect
 # --- the whole fleet ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Devices:
+    """Where a target decided the replicas run, as the planner needs it (fleet.docker.placement,
+    fleet.k8s.plan choose; the planner never re-derives it)."""
+
+    replicas: dict[str, list[tuple[str, str]]]  # model name -> [(replica name, GPU model or "cpu")]
+    gpus_per_machine: dict[str, int]  # GPU model -> the most GPUs one host or node of it has
+
+
 @dataclass
 class FleetCapacity:
-    """Each model's plan, per kind of device its replicas run on, and the placement."""
+    """Each model's plan, per kind of device its replicas run on."""
 
     cfg: FleetConfig
     archs: list[Architecture]
+    devices: Devices
     plans: dict[int, dict[str, ModelMemory]] = field(default_factory=dict)  # model index -> device -> plan
-    placements: list = field(default_factory=list)
     unplanned: dict[int, str] = field(default_factory=dict)  # model index -> why it is not sized
 
 
-def replica_devices(cfg: FleetConfig, placements: list) -> dict[str, list[tuple[str, str]]]:
-    """model name -> [(replica name, GPU model or "cpu")].
-
-    Docker target: from the placement. Kubernetes target: the node pool that names the model, else
-    the first pool that names none (models no pool can take are left out: the target's own checks
-    report them).
-    """
-    out: dict[str, list[tuple[str, str]]] = {}
-    if getattr(cfg, "target", "docker") == "kubernetes":
-        pools = cfg.kubernetes.node_pools if cfg.kubernetes else []
-        for m in cfg.models:
-            pool = next((p for p in pools if m.name in p.models), None) or next((p for p in pools if not p.models), None)
-            if pool is not None and pool.gpu_model in GPU_MODELS:
-                out[m.name] = [(f"{m.name}-{r}", pool.gpu_model) for r in range(m.replicas)]
-        return out
-    for p in placements:
-        host = cfg.host(p.leader.host)
-        out.setdefault(p.model, []).append((p.name, host.gpu_model if host.gpus else "cpu"))
-    return out
-
-
-def inventory_gpu_models(cfg: FleetConfig) -> set[str]:
-    if getattr(cfg, "target", "docker") == "kubernetes":
-        return {p.gpu_model for p in (cfg.kubernetes.node_pools if cfg.kubernetes else []) if p.gpu_model in GPU_MODELS}
-    return {h.gpu_model for h in cfg.hosts if h.gpus > 0 and h.gpu_model in GPU_MODELS}
+def architectures(cfg: FleetConfig) -> list[Architecture]:
+    return [arch_mod.resolve(m, i) for i, m in enumerate(cfg.models)]
 
 
 def draft_architecture(m: Model, i: int) -> Optional[Architecture]:
@@ -374,13 +356,17 @@ def draft_architecture(m: Model, i: int) -> Optional[Architecture]:
     return arch_mod.find(spec.model, None, f"models[{i}].speculative.model")
 
 
-def plan_fleet(cfg: FleetConfig, archs: Optional[list[Architecture]] = None) -> FleetCapacity:
-    from fleet.docker.placement import place
+def fits(m: Model, a: Architecture, device: str, draft: Optional[Architecture] = None) -> bool:
+    """Whether one sequence of max_model_len fits beside the weights on `device` (True when the
+    planner cannot size the architecture: vLLM's own startup check decides then)."""
+    if a.unsupported:
+        return True
+    plan = plan_model(m, a, device, draft)
+    return plan.kv_budget_per_gpu > 0 and plan.num_blocks >= plan.blocks_per_sequence
 
-    archs = archs or [arch_mod.resolve(m, i) for i, m in enumerate(cfg.models)]
-    placements = place(cfg) if getattr(cfg, "target", "docker") == "docker" else []
-    devices = replica_devices(cfg, placements)
-    cap = FleetCapacity(cfg, archs, placements=placements)
+
+def plan_fleet(cfg: FleetConfig, archs: list[Architecture], devices: Devices) -> FleetCapacity:
+    cap = FleetCapacity(cfg, archs, devices)
     for i, m in enumerate(cfg.models):
         a = archs[i]
         if a.unsupported:
@@ -388,224 +374,7 @@ def plan_fleet(cfg: FleetConfig, archs: Optional[list[Architecture]] = None) -> 
             continue
         draft = draft_architecture(m, i)
         cap.plans[i] = {}
-        for _, device in devices.get(m.name, []):
+        for _, device in devices.replicas.get(m.name, []):
             if device not in cap.plans[i]:
                 cap.plans[i][device] = plan_model(m, a, device, draft)
     return cap
-
-
-# --- checks ------------------------------------------------------------------------------------
-
-
-def check_memory(cfg: FleetConfig) -> None:
-    """Refuse, with one ConfigError, a model vLLM could not start the way the stack configures it."""
-    archs = [arch_mod.resolve(m, i) for i, m in enumerate(cfg.models)]
-    for i, m in enumerate(cfg.models):
-        _check_layout(i, m, archs[i])
-        _check_context(i, m, archs[i])
-        _check_quantization(cfg, i, m, archs[i])
-        _check_speculative(i, m, archs[i])
-    cap = plan_fleet(cfg, archs)
-    for i, by_device in cap.plans.items():
-        for plan in by_device.values():
-            _check_fit(cfg, i, plan)
-
-
-def _divisors(n: int, limit: int = 16) -> list[int]:
-    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
-
-
-def _kv_rule_ok(tp: int, kv: int) -> bool:
-    return kv % tp == 0 or tp % kv == 0
-
-
-def _check_layout(i: int, m: Model, a: Architecture) -> None:
-    if m.device == "cpu":
-        return
-    k, tp, pp = f"models[{i}]", m.tensor_parallel_size, m.pipeline_parallel_size
-    if a.num_attention_heads % tp:
-        raise ConfigError(
-            f"{k}.tensor_parallel_size", tp,
-            f"tensor_parallel_size {tp} does not divide the {a.num_attention_heads} attention heads of `{a.hf_id}` "
-            "(vLLM gives every GPU an equal share of the heads)",
-            f"a divisor of {a.num_attention_heads}: {', '.join(map(str, _divisors(a.num_attention_heads)))}",
-            f"set `{k}.tensor_parallel_size` to one of them (use pipeline_parallel_size for more GPUs)")
-    if not _kv_rule_ok(tp, a.num_key_value_heads):
-        ok = [d for d in _divisors(a.num_attention_heads) if _kv_rule_ok(d, a.num_key_value_heads)]
-        raise ConfigError(
-            f"{k}.tensor_parallel_size", tp,
-            f"tensor_parallel_size {tp} and the {a.num_key_value_heads} KV heads of `{a.hf_id}`: vLLM needs one to "
-            "divide the other (it shards KV heads over the GPUs, or replicates them when tp is a multiple)",
-            f"tensor_parallel_size that divides or is a multiple of {a.num_key_value_heads} and divides "
-            f"{a.num_attention_heads}: {', '.join(map(str, ok))}",
-            f"set `{k}.tensor_parallel_size` to one of them")
-    if pp > a.num_hidden_layers:
-        raise ConfigError(
-            f"{k}.pipeline_parallel_size", pp,
-            f"pipeline_parallel_size {pp} exceeds the {a.num_hidden_layers} layers of `{a.hf_id}` "
-            "(every pipeline stage needs at least one layer)",
-            f"1 to {a.num_hidden_layers}",
-            f"lower `{k}.pipeline_parallel_size` (use tensor_parallel_size for more GPUs)")
-
-
-def _check_context(i: int, m: Model, a: Architecture) -> None:
-    if m.max_model_len is None or m.max_model_len <= a.context_limit:
-        return
-    how = (f"max_position_embeddings {a.max_position_embeddings:,} x rope_scaling factor {a.rope_scaling['factor']}"
-           if a.context_limit != a.max_position_embeddings else f"max_position_embeddings {a.max_position_embeddings:,}")
-    raise ConfigError(
-        f"models[{i}].max_model_len", m.max_model_len,
-        f"longer than the context of `{a.hf_id}` ({how}); vLLM refuses to start "
-        "(VLLM_ALLOW_LONG_MAX_MODEL_LEN would allow it, with garbage beyond the trained length)",
-        f"max_model_len <= {a.context_limit:,}, or unset for the model's own",
-        f"lower `models[{i}].max_model_len`, or pick a long-context variant of the model")
-
-
-def _check_quantization(cfg: FleetConfig, i: int, m: Model, a: Architecture) -> None:
-    k, q, ckpt = f"models[{i}].quantization", m.quantization, a.checkpoint_quantization
-    if q is None:
-        return
-    if q in NOT_IN_PINNED_VLLM and m.device == "gpu" and m.image is None:
-        raise ConfigError(
-            k, q, f"the pinned vLLM release ({images.VLLM_VERSION}) has no `--quantization {q}`: the server would "
-            "stop at startup with \"Unknown quantization method\"",
-            "fp8, awq, gptq, awq_marlin, gptq_marlin, compressed-tensors",
-            f"use `quantization: fp8` (halves 16-bit weights, no special checkpoint) or an AWQ/GPTQ checkpoint, "
-            f"or remove `{k}`")
-    want = PREQUANTIZED.get(q)
-    if want and ckpt is None:
-        kind = {"awq": "an AWQ", "gptq": "a GPTQ"}.get(want, f"a {want}")
-        raise ConfigError(
-            k, q, f"{q} loads a checkpoint quantized ahead of time, but `{a.hf_id}` is not quantized "
-            f"(its config.json has no quantization_config): vLLM would fail loading its weights",
-            f"{q} with {kind} checkpoint; fp8 quantizes a 16-bit checkpoint while loading",
-            f"point `models[{i}].hf_id` at {kind} checkpoint of the model, or use `quantization: fp8`")
-    if ckpt is not None and (want or q) != ckpt and not (q == "fp8" and ckpt == "fp8"):
-        raise ConfigError(
-            k, q, f"`{a.hf_id}` is a checkpoint quantized with {ckpt}; vLLM refuses `--quantization {q}` for it "
-            "(\"Quantization method specified in the model config does not match\")",
-            f"the checkpoint's own method ({ckpt}), or no quantization key (vLLM reads it from config.json)",
-            f"remove `{k}` or set it to {ckpt}")
-    need = MIN_CAPABILITY.get(q)
-    if need is None or m.device != "gpu":
-        return
-    gpus = inventory_gpu_models(cfg)
-    slow = sorted(g for g in gpus if GPU_MODELS[g].compute_capability < need)
-    if slow and len(slow) == len(gpus):
-        ok = sorted(g for g, spec in GPU_MODELS.items() if spec.compute_capability >= need)
-        raise ConfigError(
-            k, q, f"{q} kernels need compute capability {need} or newer; the inventory's GPUs are "
-            + ", ".join(f"{g} ({GPU_MODELS[g].compute_capability})" for g in slow),
-            f"{q} on {', '.join(ok)}" + ("; gptq runs on older GPUs too" if q != "gptq" else ""),
-            "use a quantization these GPUs support (gptq from compute 6.0, awq from 7.5, Marlin kernels from 8.0) "
-            "or newer GPUs")
-
-
-def _check_speculative(i: int, m: Model, a: Architecture) -> None:
-    spec = m.speculative
-    if spec is None:
-        return
-    k = f"models[{i}].speculative"
-    if spec.method == "mtp":
-        n = a.num_nextn_predict_layers
-        if n == 0:
-            raise ConfigError(
-                f"{k}.method", "mtp", f"`{a.hf_id}` has no multi-token-prediction layers (no num_nextn_predict_layers "
-                "in its config.json); vLLM cannot draft with mtp",
-                "mtp only for models trained with MTP layers (DeepSeek-V3/R1, Qwen3-Next, MiMo, GLM-4.5); "
-                "ngram or a draft model otherwise",
-                f"set `{k}.method: ngram`, or draft_model with a small model of the same tokenizer")
-        if spec.num_speculative_tokens > n and spec.num_speculative_tokens % n:
-            ok = [t for t in range(1, 17) if t <= n or t % n == 0]
-            raise ConfigError(
-                f"{k}.num_speculative_tokens", spec.num_speculative_tokens,
-                f"`{a.hf_id}` has {n} MTP layers; vLLM reuses them in whole rounds, so more tokens than layers must "
-                f"be a multiple of {n}",
-                ", ".join(map(str, ok)), f"set `{k}.num_speculative_tokens` to one of them")
-    if spec.method != "draft_model" or not spec.model:
-        return
-    draft = arch_mod.find(spec.model, None, f"{k}.model")
-    if draft is None:
-        return  # unknown draft: vLLM checks it at startup; nothing to compare here
-    if draft.vocab_size != a.vocab_size:
-        raise ConfigError(
-            f"{k}.model", spec.model,
-            f"the draft model's vocabulary ({draft.vocab_size:,} tokens) differs from `{a.hf_id}`'s "
-            f"({a.vocab_size:,}); vLLM refuses the pair (\"Target and draft model should have the same vocabulary size\")",
-            f"a draft model with the target's tokenizer and a vocab_size of {a.vocab_size:,}",
-            f"choose a smaller model of the same family and vocabulary as `{a.hf_id}`, or use method ngram")
-    tp = m.tensor_parallel_size if m.device == "gpu" else 1
-    if draft.num_attention_heads % tp or not _kv_rule_ok(tp, draft.num_key_value_heads):
-        raise ConfigError(
-            f"{k}.model", spec.model,
-            f"vLLM runs the draft with the target's tensor_parallel_size {tp}, but the draft's "
-            f"{draft.num_attention_heads} attention heads / {draft.num_key_value_heads} KV heads do not split over {tp} GPUs",
-            f"a draft model whose attention heads divide by {tp} (and whose KV heads divide or are divided by {tp})",
-            "choose another draft model, or use method ngram")
-    if count_params(draft) >= count_params(a):
-        raise ConfigError(
-            f"{k}.model", spec.model,
-            f"the draft model ({count_params(draft) / 1e9:.2f} B parameters) is not smaller than the target "
-            f"`{a.hf_id}` ({count_params(a) / 1e9:.2f} B): drafting would be slower than decoding",
-            "a draft model much smaller than the target (typically 10-50x fewer parameters)",
-            f"set `{k}.model` to a small model of the same family, or use method ngram")
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:.2f} GiB"
-
-
-def _smallest_fitting_tp(m: Model, a: Architecture, device: str, hosts_max: int) -> Optional[int]:
-    """The smallest larger tensor_parallel_size, within one host, on which one sequence fits."""
-    for tp in _divisors(a.num_attention_heads):
-        if tp <= m.tensor_parallel_size or tp > hosts_max or not _kv_rule_ok(tp, a.num_key_value_heads):
-            continue
-        plan = plan_model(m.model_copy(update={"tensor_parallel_size": tp}), a, device)
-        if plan.num_blocks >= plan.blocks_per_sequence:
-            return tp
-    return None
-
-
-def _check_fit(cfg: FleetConfig, i: int, plan: ModelMemory) -> None:
-    m, a, k = plan.model, plan.arch, f"models[{i}]"
-    if plan.device == "cpu":
-        if plan.num_blocks >= plan.blocks_per_sequence:
-            return
-        need = -(-plan.blocks_per_sequence * plan.block_size * plan.kv_bytes_per_token // GiB)
-        raise ConfigError(
-            f"{k}.max_model_len", plan.max_model_len,
-            f"one sequence of {plan.max_model_len:,} tokens needs {_gib(plan.max_model_len * plan.kv_bytes_per_token)} "
-            f"of KV cache ({plan.kv_bytes_per_token:,} B per token) but cpu_kvcache_space_gib is "
-            f"{m.cpu_kvcache_space_gib} ({plan.kv_tokens:,} tokens); vLLM refuses to start",
-            f"max_model_len <= {plan.kv_tokens:,} with {m.cpu_kvcache_space_gib} GiB of KV cache",
-            f"lower `{k}.max_model_len` to {plan.kv_tokens:,} or less, or raise `{k}.cpu_kvcache_space_gib` to {need}")
-    gpu = plan.device
-    where = (f"{plan.gpus} x {gpu} (tensor_parallel_size {m.tensor_parallel_size} x pipeline_parallel_size "
-             f"{m.pipeline_parallel_size})")
-    if plan.kv_budget_per_gpu <= 0:
-        if getattr(cfg, "target", "docker") == "kubernetes":
-            hosts_max = max((p.gpus_per_node for p in cfg.kubernetes.node_pools if p.gpu_model == gpu), default=0)
-        else:
-            hosts_max = max((h.gpus for h in cfg.hosts if h.gpu_model == gpu), default=0)
-        tp = _smallest_fitting_tp(m, a, gpu, hosts_max)
-        hint = f"raise `{k}.tensor_parallel_size` to {tp}" if tp else "spread it over more GPUs (pipeline_parallel_size)"
-        raise ConfigError(
-            f"{k}.tensor_parallel_size", m.tensor_parallel_size,
-            f"`{m.name}` ({a.hf_id}) does not fit on {where}: {_gib(plan.weight_bytes_per_gpu)} of weights per GPU "
-            f"({plan.params / 1e9:.2f} B parameters, {plan.precision.quantization or plan.precision.weight_dtype}) "
-            f"plus {_gib(plan.overhead_per_gpu)} of activations and CUDA graphs exceed the "
-            f"{_gib(plan.memory_per_gpu)} vLLM may use ({m.gpu_memory_utilization} x {GPU_MODELS[gpu].cuda_total_gib} GiB)",
-            f"weights per GPU below {_gib(plan.memory_per_gpu - plan.overhead_per_gpu)} on {gpu}, with room left for the KV cache",
-            f"{hint}, quantize (`quantization: fp8` halves 16-bit weights), or use GPUs with more memory")
-    if plan.num_blocks >= plan.blocks_per_sequence:
-        return
-    raise ConfigError(
-        f"{k}.max_model_len", plan.max_model_len,
-        f"one sequence of {plan.max_model_len:,} tokens does not fit in the KV cache of `{m.name}` ({a.hf_id}) on {where}: it "
-        f"needs {_gib(plan.max_model_len * plan.kv_bytes_per_token_per_gpu)} per GPU, and "
-        f"{_gib(plan.kv_budget_per_gpu)} is left after {_gib(plan.weight_bytes_per_gpu)} of weights and "
-        f"{_gib(plan.overhead_per_gpu)} of activations ({plan.kv_tokens:,} tokens); vLLM refuses to start"
-        + ("" if m.max_model_len else " (max_model_len is unset: the model's own context)"),
-        f"max_model_len <= {plan.kv_tokens:,} on this layout",
-        f"set `{k}.max_model_len` to {plan.kv_tokens:,} or less, raise `{k}.gpu_memory_utilization`, or add GPUs "
-        f"(tensor_parallel_size)")

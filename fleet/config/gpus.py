@@ -1,7 +1,8 @@
-"""The GPU models a host may declare, with the facts placement and planning need."""
+"""The GPU models a host or node pool may declare, with the facts placement and planning need."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -36,3 +37,21 @@ GPU_MODELS: dict[str, GpuModel] = {
     "H200-141GB": GpuModel(141, 9.0, 139.8),
     "B200-180GB": GpuModel(180, 10.0, 178.3),
 }
+
+# Least compute capability of vLLM's kernels per quantization (get_min_capability in vLLM 0.32;
+# the Marlin kernels need Ampere). fp8 and bfloat16 have their own properties above.
+MIN_CAPABILITY = {"awq": 7.5, "awq_marlin": 8.0, "gptq": 6.0, "gptq_marlin": 8.0, "compressed-tensors": 7.0}
+
+
+def lacks(gpu_name: str, *, dtype: str, quantization: Optional[str]) -> Optional[str]:
+    """The model key (`quantization` or `dtype`) that GPUs of `gpu_name` cannot run, or None.
+
+    The one rule every chooser of hosts or node pools, and every check of an inventory, applies."""
+    gpu = GPU_MODELS[gpu_name]
+    if quantization == "fp8" and not gpu.supports_fp8:
+        return "quantization"
+    if quantization in MIN_CAPABILITY and gpu.compute_capability < MIN_CAPABILITY[quantization]:
+        return "quantization"
+    if dtype == "bfloat16" and not gpu.supports_bf16:
+        return "dtype"
+    return None

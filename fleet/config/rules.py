@@ -10,7 +10,7 @@ from collections import Counter
 from fleet.config import images
 from fleet.config.schema import FleetConfig
 from fleet.config.errors import ConfigError
-from fleet.config.gpus import GPU_MODELS
+from fleet.config.gpus import GPU_MODELS, lacks
 
 # Flags the program derives from the inventory; setting them in extra_args would contradict it.
 MANAGED_FLAGS = (
@@ -25,7 +25,7 @@ MANAGED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "VLLM_API_KEY",
 NEEDS_DRAFT_MODEL = ("draft_model", "eagle", "eagle3")
 
 
-def check_fleet(cfg: FleetConfig) -> None:
+def check_config(cfg: FleetConfig) -> None:
     if cfg.target == "kubernetes":
         _check_kubernetes(cfg)
     else:
@@ -35,9 +35,6 @@ def check_fleet(cfg: FleetConfig) -> None:
     if cfg.target == "docker":
         _check_roles_and_ports(cfg)
     _check_images(cfg)
-    from fleet.capacity.memory import check_memory  # the capacity planner's checks (issue 4)
-
-    check_memory(cfg)
 
 
 def _duplicate(names: list[str]) -> str | None:
@@ -220,14 +217,17 @@ def _check_kubernetes(cfg: FleetConfig) -> None:
 
 
 def _check_gpu_generation(cfg: FleetConfig, i: int) -> None:
+    """Some GPU of the inventory must run the model's precision (placement then uses only those)."""
     m = cfg.models[i]
-    gens = {h.gpu_model: GPU_MODELS[h.gpu_model] for h in cfg.hosts if h.gpus > 0 and h.gpu_model}
-    if m.quantization == "fp8" and not any(g.supports_fp8 for g in gens.values()):
+    gens = cfg.gpu_models
+    missing = {lacks(g, dtype=m.dtype, quantization=m.quantization if m.quantization == "fp8" else None) for g in gens}
+    if None in missing:
+        return
+    if "quantization" in missing:
         raise ConfigError(f"models[{i}].quantization", "fp8", f"fp8 needs Ada or Hopper GPUs (compute 8.9+); the inventory has {', '.join(gens)}",
                           "fp8 on L4, L40S, RTX-4090, H100, H200, B200; awq/gptq elsewhere", "remove fp8 or add newer GPUs")
-    if m.dtype == "bfloat16" and not any(g.supports_bf16 for g in gens.values()):
-        raise ConfigError(f"models[{i}].dtype", "bfloat16", f"bfloat16 needs Ampere or newer (compute 8.0+); the inventory has {', '.join(gens)}",
-                          "float16 on Turing/Volta", f"set `models[{i}].dtype: float16`")
+    raise ConfigError(f"models[{i}].dtype", "bfloat16", f"bfloat16 needs Ampere or newer (compute 8.0+); the inventory has {', '.join(gens)}",
+                      "float16 on Turing/Volta", f"set `models[{i}].dtype: float16`")
 
 
 def _check_roles_and_ports(cfg: FleetConfig) -> None:

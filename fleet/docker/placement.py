@@ -1,11 +1,15 @@
 """Packs every replica's tp x pp GPUs onto the inventory's hosts.
 
 Rules, in order:
+- Only hosts whose GPU generation runs the model's dtype and quantization (fleet.config.gpus.lacks)
+  are candidates; among them, hosts whose GPU model the capacity planner says the replica fits
+  come first (a T4 host and an H100 host: a 70B model goes to the H100 host).
 - A replica stays on one host when any host has enough free GPUs. Among those, the host with the
   fewest replicas of the same model wins (replicas spread for availability), then the one with
   the fewest free GPUs (best fit keeps whole hosts free for large replicas), then config order.
-- Otherwise a pipeline-parallel replica is split into `nodes` equal parts (nodes divides pp, so
-  tensor-parallel groups never cross hosts), the way vLLM serves one model across nodes.
+- Otherwise a pipeline-parallel replica is split into equal parts over hosts
+  (fleet.capacity.layout: tensor-parallel groups never cross hosts), the way vLLM serves one
+  model across nodes.
 - Each host hands out its lowest free GPU ids, so a replica's GPUs are contiguous when possible.
 - Placement follows config order, so adding a model or a replica never moves existing ones.
 CPU replicas go to hosts with no GPUs, spread evenly.
@@ -14,8 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.config.schema import FleetConfig, Host, Model
+from fleet.capacity.architecture import Architecture
+from fleet.capacity.layout import machine_splits
+from fleet.capacity.memory import draft_architecture, fits
 from fleet.config.errors import ConfigError
+from fleet.config.gpus import lacks
+from fleet.config.schema import FleetConfig, Host, Model
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,8 @@ class ReplicaPlacement:
         return len(self.shards) > 1
 
 
-def place(cfg: FleetConfig) -> list[ReplicaPlacement]:
+def place(cfg: FleetConfig, archs: list[Architecture]) -> list[ReplicaPlacement]:
+    """Every replica's shards, in config order (`archs`: the models' architectures, in order)."""
     free = {h.name: list(range(h.gpus)) for h in cfg.hosts}
     count: dict[tuple[str, str], int] = {}
     placed: list[ReplicaPlacement] = []
@@ -55,7 +64,7 @@ def place(cfg: FleetConfig) -> list[ReplicaPlacement]:
             if model.device == "cpu":
                 shards = (_place_cpu(cfg, model, count),)
             else:
-                shards = _place_gpu(cfg, i, model, r, free, count)
+                shards = _place_gpu(cfg, i, model, r, free, count, _suitable_gpus(cfg, i, archs[i]))
             for s in shards:
                 count[(s.host, model.name)] = count.get((s.host, model.name), 0) + 1
             placed.append(ReplicaPlacement(model.name, r, shards))
@@ -75,23 +84,33 @@ def _take(free: dict[str, list[int]], host: str, n: int) -> tuple[int, ...]:
     return ids
 
 
+def _suitable_gpus(cfg: FleetConfig, i: int, arch: Architecture) -> dict[str, bool]:
+    """GPU model -> whether one replica of model i fits its memory, for the inventory's GPU models
+    that run the model's precision at all."""
+    m = cfg.models[i]
+    draft = draft_architecture(m, i)
+    return {g: fits(m, arch, g, draft) for g in cfg.gpu_models
+            if lacks(g, dtype=m.dtype, quantization=m.quantization) is None}
+
+
 def _place_gpu(cfg: FleetConfig, i: int, model: Model, r: int, free: dict[str, list[int]],
-               count: dict) -> tuple[Shard, ...]:
+               count: dict, suitable: dict[str, bool]) -> tuple[Shard, ...]:
     need = model.gpus_per_replica
     order = {h.name: n for n, h in enumerate(cfg.hosts)}
+    hosts = [h for h in cfg.hosts if h.gpus and h.gpu_model in suitable]
 
     def rank(h: Host) -> tuple:
-        return (count.get((h.name, model.name), 0), len(free[h.name]), order[h.name])
+        return (not suitable[h.gpu_model], count.get((h.name, model.name), 0), len(free[h.name]), order[h.name])
 
-    whole = sorted((h for h in cfg.hosts if len(free[h.name]) >= need), key=rank)
+    whole = sorted((h for h in hosts if len(free[h.name]) >= need), key=rank)
     if whole:
         return (Shard(whole[0].name, _take(free, whole[0].name, need), 0),)
     pp = model.pipeline_parallel_size
-    for nodes in (n for n in range(2, pp + 1) if pp % n == 0):
+    for nodes in machine_splits(model)[1:]:
         per = need // nodes
-        fits = sorted((h for h in cfg.hosts if len(free[h.name]) >= per), key=rank)
-        if len(fits) >= nodes:
-            chosen = fits[:nodes]
+        candidates = sorted((h for h in hosts if len(free[h.name]) >= per), key=rank)
+        if len(candidates) >= nodes:
+            chosen = candidates[:nodes]
             _require_nccl_nic(cfg, i, chosen)
             return tuple(Shard(h.name, _take(free, h.name, per), rank_) for rank_, h in enumerate(chosen))
     left = ", ".join(f"{h}: {len(ids)}" for h, ids in free.items())

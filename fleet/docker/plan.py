@@ -6,26 +6,22 @@ network per host), otherwise through a port published on the host's inventory ad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
+from fleet import rollout, vllm_command as vc
+from fleet.capacity.memory import Devices, FleetCapacity, architectures, plan_fleet
+from fleet.capacity.refusals import check_fit, check_models
 from fleet.config.schema import FleetConfig, Host, Model
 from fleet.docker.container_spec import ContainerSpec, HealthCheck, Mount, Port
-from fleet.docker.placement import ReplicaPlacement, Shard, place
-from fleet import rollout, vllm_command as vc
+from fleet.docker.placement import ReplicaPlacement, place
+from fleet.ports import (DCGM_PORT, GRAFANA_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT,
+                         NGINX_STOP_GRACE_S, PROMETHEUS_PORT)
+from fleet.render.files import Scrape
 from fleet.render.templates import static
 
 VLLM_HOST_PORT_BASE = 8000
 MASTER_PORT_BASE = 29500
-NGINX_PORT = 8080
-NGINX_STATUS_PORT = 8081
-NGINX_EXPORTER_PORT = 9113
-DCGM_PORT = 9400
-PROMETHEUS_PORT = 9090
-GRAFANA_PORT = 3000
-NGINX_CONF_DIR = "/etc/nginx/fleet"
-# Stopping Nginx (SIGTERM: graceful quit in fleet-nginx.sh) lets streams in flight finish.
-NGINX_STOP_GRACE_S = 600
 NGINX_CONF_UPLOAD = "/incoming/nginx.conf"
 NGINX_ENTRYPOINT = "/usr/local/bin/fleet-nginx.sh"
 
@@ -51,26 +47,33 @@ class ReplicaPlan:
 
 
 @dataclass
-class Scrape:
-    job: str
-    target: str
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class FleetPlan:
+class DockerPlan:
     cfg: FleetConfig
+    placements: list[ReplicaPlacement]
+    capacity: FleetCapacity
     replicas: list[ReplicaPlan]
     services: list[ContainerSpec]  # nginx, exporters, prometheus, grafana
     scrapes: list[Scrape]
 
+    def replicas_of(self, model: str) -> list[ReplicaPlan]:
+        return [r for r in self.replicas if r.model.name == model]
+
     def upstreams(self) -> dict[str, list[str]]:
-        return {m.name: [r.endpoint for r in self.replicas if r.model.name == m.name] for m in self.cfg.models}
+        """Model name -> its replicas' planned endpoints, as Nginx proxies to them."""
+        return {m.name: [r.endpoint for r in self.replicas_of(m.name)] for m in self.cfg.models}
+
+    def service(self, role: str) -> ContainerSpec:
+        return next(s for s in self.services if s.role == role)
 
     @property
     def hosts_used(self) -> list[Host]:
         used = {c.host for c in self.containers()}
         return [h for h in self.cfg.hosts if h.name in used]
+
+    @property
+    def prometheus_url(self) -> str:
+        """Prometheus as Grafana (on the same host and network) reaches it."""
+        return f"http://{container_name(self.cfg, 'prometheus')}:{PROMETHEUS_PORT}"
 
     def containers(self) -> list[ContainerSpec]:
         return [c for r in self.replicas for c in (*r.containers, *([r.gate] if r.gate else []))] + self.services
@@ -88,8 +91,13 @@ def labels(cfg: FleetConfig, role: str, **extra: str) -> dict[str, str]:
     return {"managed-by": "vllm-fleet", "vllm-fleet.stack": cfg.stack, "vllm-fleet.role": role, **extra}
 
 
-def build_plan(cfg: FleetConfig) -> FleetPlan:
-    placements = place(cfg)
+def build_plan(cfg: FleetConfig) -> DockerPlan:
+    """Places every replica once, refuses what would not fit there, then plans every container."""
+    archs = architectures(cfg)
+    check_models(cfg, archs)
+    placements = place(cfg, archs)
+    capacity = plan_fleet(cfg, archs, devices(cfg, placements))
+    check_fit(capacity)
     next_port = {h.name: VLLM_HOST_PORT_BASE for h in cfg.hosts}
     cpu_slots = _cpu_slots(cfg, placements)
     replicas = []
@@ -101,7 +109,20 @@ def build_plan(cfg: FleetConfig) -> FleetPlan:
             next_port[s.host] += 1
         replicas.append(_replica(cfg, model, p, ports, cpu_slots.get(p.name)))
     services, scrapes = _services(cfg, replicas)
-    return FleetPlan(cfg, replicas, services, scrapes)
+    return DockerPlan(cfg, placements, capacity, replicas, services, scrapes)
+
+
+def devices(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> Devices:
+    """The placement as the capacity planner reads it: each replica's GPU model (its leader's host)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for p in placements:
+        host = cfg.host(p.leader.host)
+        out.setdefault(p.model, []).append((p.name, host.gpu_model if host.gpus else "cpu"))
+    most: dict[str, int] = {}
+    for h in cfg.hosts:
+        if h.gpus and h.gpu_model:
+            most[h.gpu_model] = max(most.get(h.gpu_model, 0), h.gpus)
+    return Devices(out, most)
 
 
 def _cpu_slots(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> dict[str, str]:
@@ -154,9 +175,10 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
             name=name, host=s.host, role="vllm" if leader else "vllm-worker",
             image=model.resolved_image,
             entrypoint=["/workspace/run.sh"] if otel else list(vc.ENTRYPOINT),
-            command=vc.serve_args(model, p, s, port=api_port, master_addr=leader_host.address, master_port=master_port,
-                                  bind=bind),
-            env=vc.replica_env(cfg, model, p, host, cpu_bind),
+            command=vc.serve_args(model, port=api_port, bind=bind, nodes=len(p.shards), node_rank=s.node_rank,
+                                  master_addr=leader_host.address, master_port=master_port),
+            env=vc.replica_env(cfg, model, nodes=len(p.shards), nvlink=host.nvlink,
+                               nccl_socket_ifname=host.nccl_socket_ifname, host_ip=host.address, cpu_bind=cpu_bind),
             secret_env=secret_env if leader else {k: v for k, v in secret_env.items() if k == "HF_TOKEN"},
             gpu_ids=s.gpu_ids if model.device == "gpu" else None,
             network_mode="host" if multi else "bridge",

@@ -14,12 +14,11 @@ from fleet import rollout, vllm_command as vc
 from fleet.k8s.plan import (
     API_PORT, SERVICE_PORT_NAME, SHM_PATH, K8sPlan, PodRole, Workload, labels, pod_ports, selector_labels, workload_labels,
 )
-from fleet.docker.plan import DCGM_PORT, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
+from fleet.ports import DCGM_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
 from fleet.render.templates import static
 
 Manifest = dict[str, Any]
 
-NGINX_CONF_DIR = "/etc/nginx/fleet"
 NGINX_UID = 10101  # nginx runs unprivileged: every path it writes is an emptyDir, its ports are > 1024
 EXPORTER_UID = 65534
 KPS_FULLNAME = "vllm-fleet"  # fullnameOverride of kube-prometheus-stack: stable service names

@@ -1,13 +1,15 @@
 """The Kubernetes plan: every vLLM workload of a stack on its GPU node pool, as plain data.
 
-`build_k8s_plan()` is pure, like `fleet.plan.build_plan()` for the Docker target: the Pulumi
-components, the offline render and the tests all start here.
+`build_k8s_plan()` is pure, like `fleet.docker.plan.build_plan()` for the Docker target: the
+Pulumi components, the offline render and the tests all start here. It chooses every model's node
+pool once, then asks the capacity planner about exactly those pools.
 
-- Each model runs on one node pool: a pool that names it in `models`, otherwise the first pool
-  with an empty `models` list that can run it (right GPU generation; single-node fits first).
+- Each model runs on one node pool: a pool that names it in `models`, otherwise a pool with an
+  empty `models` list that can run it: the right GPU generation (fleet.config.gpus.lacks), then
+  pools where the capacity planner says a replica fits, single-node fits, config order.
 - A replica that fits one node (tp x pp <= gpus_per_node) is one pod of a StatefulSet; a larger
   one is one LeaderWorkerSet group of `nodes` pods, whole pipeline stages per pod, so tensor
-  groups never cross nodes (the same rule as Docker hosts).
+  groups never cross nodes (fleet.capacity.layout, the same rule as Docker hosts).
 - Every replica has a stable address, a ClusterIP Service of its own named like its pod
   (`vllm-<model>-<i>`): Nginx resolves it once at start, and it keeps pointing at the replica
   when the pod is rescheduled with a new IP.
@@ -24,11 +26,14 @@ from typing import Literal, Optional
 import yaml
 
 from fleet import vllm_command as vc
-from fleet.render.files import alert_rules, nginx_conf
-from fleet.config.schema import Autoscaling, FleetConfig, Host, Kubernetes, Model, NodePool
+from fleet.capacity.architecture import Architecture
+from fleet.capacity.layout import machines_per_replica
+from fleet.capacity.memory import Devices, FleetCapacity, architectures, draft_architecture, fits, plan_fleet
+from fleet.capacity.refusals import check_fit, check_models
 from fleet.config.errors import ConfigError
-from fleet.config.gpus import GPU_MODELS
-from fleet.docker.placement import ReplicaPlacement, Shard
+from fleet.config.gpus import lacks
+from fleet.config.schema import Autoscaling, FleetConfig, Kubernetes, Model, NodePool
+from fleet.render.files import alert_rules, nginx_conf
 
 API_PORT = vc.API_PORT
 MASTER_PORT = 29500  # every pod has its own IP: one fixed rendezvous port is enough
@@ -123,6 +128,7 @@ class K8sPlan:
     cfg: FleetConfig
     k8s: Kubernetes
     workloads: list[Workload]
+    capacity: FleetCapacity
 
     @property
     def namespace(self) -> str:
@@ -167,29 +173,31 @@ def workload_labels(plan: K8sPlan, w: Workload, role: str) -> dict[str, str]:
 def build_k8s_plan(cfg: FleetConfig) -> K8sPlan:
     k8s = cfg.kubernetes
     assert k8s is not None and cfg.target == "kubernetes", "build_k8s_plan needs a validated kubernetes stack"
+    archs = architectures(cfg)
+    check_models(cfg, archs)
     auto = {a.model: a for a in k8s.autoscaling}
     workloads = []
     for i, model in enumerate(cfg.models):
-        j, nodes = choose_pool(cfg, i)
+        j, nodes = choose_pool(cfg, i, archs[i])
         pool = k8s.node_pools[j]
         scaling = auto.get(model.name)
         workloads.append(_workload(cfg, k8s, i, model, j, pool, nodes, scaling))
+    capacity = plan_fleet(cfg, archs, devices(k8s, workloads))
+    check_fit(capacity)
     _check_capacity(k8s, workloads)
-    return K8sPlan(cfg, k8s, workloads)
+    return K8sPlan(cfg, k8s, workloads, capacity)
 
 
-def nodes_per_replica(model: Model, gpus_per_node: int) -> Optional[int]:
-    """Pods (nodes) one replica needs, or None when no split keeps tensor groups within a node."""
-    need = model.gpus_per_replica
-    if need <= gpus_per_node:
-        return 1
-    if model.tensor_parallel_size > gpus_per_node:
-        return None
-    pp = model.pipeline_parallel_size
-    return next((n for n in range(2, pp + 1) if pp % n == 0 and need // n <= gpus_per_node), None)
+def devices(k8s: Kubernetes, workloads: list[Workload]) -> Devices:
+    """The pools chosen, as the capacity planner reads them."""
+    most: dict[str, int] = {}
+    for p in k8s.node_pools:
+        most[p.gpu_model] = max(most.get(p.gpu_model, 0), p.gpus_per_node)
+    return Devices({w.model.name: [(w.replica_name(r), w.pool.gpu_model) for r in range(w.replicas)] for w in workloads},
+                   most)
 
 
-def choose_pool(cfg: FleetConfig, i: int) -> tuple[int, int]:
+def choose_pool(cfg: FleetConfig, i: int, arch: Architecture) -> tuple[int, int]:
     """The node pool (index) of `cfg.models[i]` and its pods per replica, or one ConfigError."""
     k8s = cfg.kubernetes
     model = cfg.models[i]
@@ -200,26 +208,28 @@ def choose_pool(cfg: FleetConfig, i: int) -> tuple[int, int]:
         raise ConfigError(f"models[{i}].name", model.name, "no node pool serves this model: every pool lists other models",
                           "a pool whose `models` names it, or a pool with an empty `models` list",
                           f"add `{model.name}` to a pool's `models` under `kubernetes.node_pools`")
+    draft = draft_architecture(model, i)
     rejected: list[tuple[str, str]] = []
-    fits: list[tuple[bool, int, int]] = []
+    ranked: list[tuple[bool, bool, int, int]] = []
     for j in candidates:
         pool = pools[j]
-        gpu = GPU_MODELS[pool.gpu_model]
-        if model.quantization == "fp8" and not gpu.supports_fp8:
-            rejected.append((f"models[{i}].quantization", f"pool `{pool.name}` ({pool.gpu_model}) has no fp8 (needs Ada or Hopper)"))
+        missing = lacks(pool.gpu_model, dtype=model.dtype, quantization=model.quantization)
+        if missing == "quantization":
+            why = "no fp8 (needs Ada or Hopper)" if model.quantization == "fp8" else f"no {model.quantization} kernels"
+            rejected.append((f"models[{i}].quantization", f"pool `{pool.name}` ({pool.gpu_model}) has {why}"))
             continue
-        if model.dtype == "bfloat16" and not gpu.supports_bf16:
+        if missing == "dtype":
             rejected.append((f"models[{i}].dtype", f"pool `{pool.name}` ({pool.gpu_model}) has no bfloat16 (needs Ampere or newer)"))
             continue
-        nodes = nodes_per_replica(model, pool.gpus_per_node)
+        nodes = machines_per_replica(model, pool.gpus_per_node)
         if nodes is None:
             why = ("its tensor group is larger than a node" if model.tensor_parallel_size > pool.gpus_per_node
                    else "no split of its pipeline stages into equal parts fits a node")
             rejected.append((f"models[{i}].tensor_parallel_size",
                              f"pool `{pool.name}` has {pool.gpus_per_node} GPUs per node and {why}"))
             continue
-        fits.append((nodes > 1, j, nodes))
-    if not fits:
+        ranked.append((not fits(model, arch, pool.gpu_model, draft), nodes > 1, j, nodes))
+    if not ranked:
         key = rejected[0][0]
         raise ConfigError(
             key, getattr(model, key.rsplit(".", 1)[1]),
@@ -228,42 +238,28 @@ def choose_pool(cfg: FleetConfig, i: int) -> tuple[int, int]:
             "tensor groups within one node; pipeline stages split evenly over nodes; a GPU generation with the dtype and quantization",
             "lower tensor_parallel_size, raise pipeline_parallel_size to span nodes, or add a pool that fits",
         )
-    _, j, nodes = min(fits)  # single-node first, then config order
+    _, _, j, nodes = min(ranked)  # fits first, then single-node, then config order
     return j, nodes
-
-
-def _pool_as_host(pool: NodePool) -> Host:
-    """What `fleet.vllm_command` needs of a machine, for a node of `pool`."""
-    return Host(name=pool.name, gpus=pool.gpus_per_node, gpu_model=pool.gpu_model, nvlink=pool.nvlink,
-                nccl_socket_ifname=pool.nccl_socket_ifname)
 
 
 def _workload(cfg: FleetConfig, k8s: Kubernetes, i: int, model: Model, j: int, pool: NodePool, nodes: int,
               scaling: Optional[Autoscaling]) -> Workload:
     gpus_per_pod = model.gpus_per_replica // nodes
-    shards = tuple(Shard(pool.name, tuple(range(gpus_per_pod)), rank) for rank in range(nodes))
-    placement = ReplicaPlacement(model.name, 0, shards)
-    env = vc.replica_env(cfg, model, placement, _pool_as_host(pool), None)
-    field_env = {}
-    if placement.multi_node:
-        # Docker passes the host's address; a pod's own IP is known only once it runs.
-        env.pop("VLLM_HOST_IP", None)
-        field_env["VLLM_HOST_IP"] = "status.podIP"
+    # Docker passes a host's address as VLLM_HOST_IP; a pod's own IP is known only once it runs.
+    env = vc.replica_env(cfg, model, nodes=nodes, nvlink=pool.nvlink, nccl_socket_ifname=pool.nccl_socket_ifname)
+    field_env = {"VLLM_HOST_IP": "status.podIP"} if nodes > 1 else {}
     secret_env = vc.replica_secret_env(cfg)
     command = ["/workspace/run.sh"] if model.runtime == "seed-otel" else list(vc.ENTRYPOINT)
 
-    def role_args(shard: Shard) -> list[str]:
-        args = vc.serve_args(model, placement, shard, port=API_PORT, master_addr=LWS_LEADER_ADDRESS, master_port=MASTER_PORT)
-        if shard.node_rank > 0:
-            # One worker template serves every worker of a group: its rank comes from the pod.
-            at = args.index("--node-rank") + 1
-            args[at] = LWS_WORKER_INDEX
-        return args
+    def role_args(rank: object) -> list[str]:
+        # One worker template serves every worker of a group: its rank comes from the pod.
+        return vc.serve_args(model, port=API_PORT, nodes=nodes, node_rank=rank, master_addr=LWS_LEADER_ADDRESS,
+                             master_port=MASTER_PORT)
 
-    server = PodRole("server", command, role_args(shards[0]), env, secret_env, field_env)
+    server = PodRole("server", command, role_args(0), env, secret_env, field_env)
     worker = None
-    if placement.multi_node:
-        worker = PodRole("worker", command, role_args(shards[1]), env,
+    if nodes > 1:
+        worker = PodRole("worker", command, role_args(LWS_WORKER_INDEX), env,
                          {k: v for k, v in secret_env.items() if k == "HF_TOKEN"}, field_env)
     return Workload(model=model, model_index=i, pool=pool, pool_index=j, namespace=k8s.namespace, nodes=nodes,
                     gpus_per_pod=gpus_per_pod, max_replicas=scaling.max_replicas if scaling else model.replicas,

@@ -6,12 +6,22 @@ replicas' real endpoints; the offline render and the tests call them with the pl
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from fleet.config.schema import FleetConfig
-from fleet.docker.plan import NGINX_PORT, NGINX_STATUS_PORT, PROMETHEUS_PORT, Scrape, container_name
+from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT
 from fleet.render.templates import render, static
 
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards"
+
+
+@dataclass
+class Scrape:
+    """One Prometheus target: its job, `host:port` and labels."""
+
+    job: str
+    target: str
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def upstream_name(model: str) -> str:
@@ -51,9 +61,8 @@ def alert_rules(cfg: FleetConfig) -> str:
                   gpu_alerts=m.gpu_exporter and cfg.has_gpus, nginx_alerts=m.nginx_exporter)
 
 
-def grafana_files(cfg: FleetConfig) -> dict[str, str]:
-    """Grafana provisioning: path in the Grafana container -> content."""
-    prometheus_url = f"http://{container_name(cfg, 'prometheus')}:{PROMETHEUS_PORT}"
+def grafana_files(cfg: FleetConfig, prometheus_url: str) -> dict[str, str]:
+    """Grafana provisioning (path in the Grafana container -> content), its datasource at `prometheus_url`."""
     return {
         "/etc/grafana/provisioning/datasources/prometheus.yml": render(
             "grafana/provisioning/datasource.yml.j2", prometheus_url=prometheus_url,

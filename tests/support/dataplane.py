@@ -42,8 +42,11 @@ from typing import Any, Optional
 
 from fleet import vllm_command
 from fleet.render.files import nginx_conf, prometheus_files
-from fleet.config.schema import FleetConfig, parse_config
-from fleet.docker.plan import NGINX_PORT, NGINX_STATUS_PORT, FleetPlan, ReplicaPlan, Scrape, build_plan
+from fleet.config.schema import FleetConfig
+from fleet.config.load import parse_config
+from fleet.docker.plan import DockerPlan, ReplicaPlan, build_plan
+from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT
+from fleet.render.files import Scrape
 from support.processes import free_port, kill, log_tail, start, stop, wait_http
 from support.real_tools import write_prometheus_tree
 from support.stacks import raw_stack
@@ -182,7 +185,7 @@ class Service:
 @dataclass
 class DataPlane:
     cfg: FleetConfig
-    plan: FleetPlan
+    plan: DockerPlan
     api_key: str
     workdir: Path
     model_dir: Path
