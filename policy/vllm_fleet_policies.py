@@ -1,6 +1,6 @@
 """The vllm-fleet policies: rules every preview and update must pass, whatever the config says.
 
-The program's own validation (fleet/checks.py) refuses bad stack files; these policies check the
+The program's own validation (fleet/config/) refuses bad stack files; these policies check the
 resources that actually reach the engine, so they also catch a component or a hand edit that
 bypasses the config. Each is mandatory:
 

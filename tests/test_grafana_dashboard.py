@@ -126,5 +126,5 @@ def test_the_provisioning_loads_the_dashboards_into_the_vllm_fleet_folder():
     (provider,) = yaml.safe_load(PROVISIONING.read_text())["providers"]
     assert provider["type"] == "file"
     assert provider["folder"] == "vLLM fleet"
-    # The directory the deployment mounts the dashboard JSON into (fleet/artifacts.py).
+    # The directory the deployment mounts the dashboard JSON into (fleet/render/files.py).
     assert provider["options"]["path"] == GRAFANA_DASHBOARD_DIR
