@@ -8,7 +8,7 @@ import pulumi
 
 from components.docker.host import DockerHost, DockerHostArgs
 from components.docker.load_balancer import NginxLoadBalancer, NginxLoadBalancerArgs
-from components.docker.monitoring import Monitoring, MonitoringArgs
+from components.docker.monitoring import HostMonitoring, HostMonitoringArgs
 from components.docker.vllm_replica import VllmReplica, VllmReplicaArgs
 from fleet.config.schema import FleetConfig
 from fleet.docker.plan import build_plan
@@ -40,7 +40,7 @@ def deploy(cfg: FleetConfig, secrets: Mapping[str, pulumi.Output[str]]) -> dict[
                               "gpus": [list(c.gpu_ids or ()) for c in r.containers]} for r in plan.replicas},
     }
     if cfg.monitoring.enabled:
-        monitoring = Monitoring("monitoring", MonitoringArgs(
+        monitoring = HostMonitoring("monitoring", HostMonitoringArgs(
             plan, hosts, [replicas[r.name].metrics_target for r in plan.replicas], secrets, depends_on=[lb]))
         outputs.update(prometheus_url=monitoring.prometheus_url, grafana_url=monitoring.grafana_url,
                        grafana_admin_password=monitoring.grafana_admin_password)

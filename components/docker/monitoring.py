@@ -1,4 +1,4 @@
-"""Monitoring: Prometheus (scraping every replica, Nginx and each GPU host), Grafana and exporters."""
+"""HostMonitoring (type token `vllm-fleet:docker:Monitoring`, kept for the URNs): Prometheus (scraping every replica, Nginx and each GPU host), Grafana and exporters."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +15,7 @@ from fleet.docker.plan import DockerPlan
 
 
 @dataclass
-class MonitoringArgs:
+class HostMonitoringArgs:
     plan: DockerPlan
     hosts: Mapping[str, DockerHost]
     replica_targets: list[pulumi.Output[str]]  # one per job "vllm" scrape, in plan order
@@ -23,11 +23,11 @@ class MonitoringArgs:
     depends_on: list[pulumi.Resource]
 
 
-class Monitoring(pulumi.ComponentResource):
+class HostMonitoring(pulumi.ComponentResource):
     prometheus_yml: pulumi.Output[str]
     grafana_admin_password: pulumi.Output[str]
 
-    def __init__(self, name: str, args: MonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
+    def __init__(self, name: str, args: HostMonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("vllm-fleet:docker:Monitoring", name, None, opts)
         plan, cfg = args.plan, args.plan.cfg
         self.grafana_admin_password = grafana_admin_password(name, args.secrets, self)
