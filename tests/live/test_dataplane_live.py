@@ -215,13 +215,21 @@ class Batch:
 
 
 # Chunks are "together" when they reach the client within BURST_WINDOW_S of each other. Tokens must
-# come at least TOKEN_GAP_S apart (20x that window) for a proxy that held them back to show.
+# come at least TOKEN_GAP_S apart on average (20x that window) for a proxy that held them back to show.
 BURST_WINDOW_S = 0.0005
 TOKEN_GAP_S = 0.010
 # Sequences batched beside the measured one, tried in turn until tokens are that slow on this CPU
 # (a fast AVX-512/AMX core needs more than a slow one); the last keeps one slot of vLLM's CPU
 # default max_num_seqs (128) for the measured stream.
 BATCH_SIZES = (16, 32, 64, 127)
+# Interleaved pairs of streams, direct then through Nginx. On a busy machine the replica itself
+# (its API server shares the CPU) sometimes bunches tokens, on either path alike: Nginx is held to
+# what the replica delivered in the same run, and never to less than the quiet-machine bound.
+PAIRS = 7
+QUIET_BOUND = 3  # largest burst, median over the pairs, that a quiet machine shows direct (seen: 1)
+# A buffering proxy delivers a 40-token stream in bursts of a whole buffer (4-8 KB: 16-40 events);
+# when even direct streams bunch half that much, the machine cannot tell a proxy apart.
+TOO_BUSY = 8
 
 
 def largest_burst(r: StreamResult) -> int:
@@ -233,8 +241,9 @@ def largest_burst(r: StreamResult) -> int:
     return best
 
 
-def median_gap_s(r: StreamResult) -> float:
-    return statistics.median(b - a for a, b in zip(r.arrivals, r.arrivals[1:]))
+def mean_gap_s(r: StreamResult) -> float:
+    """The stream's pace: robust to bunching, unlike a median of gaps."""
+    return (r.arrivals[-1] - r.arrivals[0]) / max(1, len(r.arrivals) - 1)
 
 
 def test_tokens_reach_the_client_one_by_one_while_the_replica_is_busy(dp):
@@ -244,14 +253,16 @@ def test_tokens_reach_the_client_one_by_one_while_the_replica_is_busy(dp):
     For that to show, each token must take long: replica 0 (pinned to core 0) batches long
     generations, as many as this CPU needs for a direct stream's tokens to come TOKEN_GAP_S apart
     (measured in this run). The batch's client does not stream, and Nginx (the rendered config,
-    upstream replica 0 only) and the clients keep the other core: what is measured is Nginx, not
-    how a saturated machine schedules a proxy. Three pairs, direct and through Nginx, interleaved."""
+    upstream replica 0 only) and the clients keep the other core. PAIRS interleaved pairs, direct
+    then through Nginx: Nginx's bursts (median) may not exceed QUIET_BOUND, nor what the replica
+    delivered direct in the same run when the machine is busy: what is measured is Nginx, not the
+    machine's load."""
     busy = dp.replicas[0]
     body = {"model": dp.model, "prompt": PROMPT, "max_tokens": 40, "ignore_eos": True}
     conf = lambda port, d: adapt_nginx_conf(  # noqa: E731
         nginx_conf(dp.cfg, {dp.cfg.models[0].name: [busy.address]}), listen_port=port, status_port=free_port(),
         runtime_dir=d)
-    bursts, gaps_ms, paces_ms = {"direct": [], "lb": []}, [], []
+    pairs, paces_ms = [], {}
     with dp.extra_nginx("one-replica", conf) as lb_url:
         for n in BATCH_SIZES:
             dp.wait_idle()
@@ -262,22 +273,25 @@ def test_tokens_reach_the_client_one_by_one_while_the_replica_is_busy(dp):
                     time.sleep(0.1)
                 pace = stream_completion(busy.url, body, headers=dp.auth())
                 assert pace.ok, pace.error
-                paces_ms.append(round(median_gap_s(pace) * 1000, 1))
-                if median_gap_s(pace) < TOKEN_GAP_S and n != BATCH_SIZES[-1]:
+                paces_ms[n] = round(mean_gap_s(pace) * 1000, 1)
+                if mean_gap_s(pace) < TOKEN_GAP_S and n != BATCH_SIZES[-1]:
                     continue
-                for _ in range(3):
+                for _ in range(PAIRS):
                     direct = stream_completion(busy.url, body, headers=dp.auth())
                     lb = stream_completion(lb_url, body, headers=dp.auth())
                     assert direct.ok and lb.ok and lb.tokens == 40, (direct.error, lb.error)
-                    bursts["direct"].append(largest_burst(direct))
-                    bursts["lb"].append(largest_burst(lb))
-                    gaps_ms.append(round(median_gap_s(lb) * 1000, 1))
+                    pairs.append((largest_burst(direct), largest_burst(lb), round(mean_gap_s(lb) * 1000, 1)))
                 break
-    report(f"40-token streams beside {n} busy sequences on one replica: largest burst", **bursts,
-           direct_median_gap_ms_by_batch=dict(zip(BATCH_SIZES, paces_ms)), lb_median_gap_ms=gaps_ms)
-    assert min(gaps_ms) > TOKEN_GAP_S * 1000 / 2, (
-        f"tokens came {min(gaps_ms)} ms apart with {n} sequences batched: too fast on this CPU to prove anything")
-    assert statistics.median(bursts["lb"]) <= 3, bursts
+    direct_median = statistics.median(d for d, _, _ in pairs)
+    lb_median = statistics.median(lb for _, lb, _ in pairs)
+    report(f"40-token streams beside {n} busy sequences on one replica", direct_mean_gap_ms_by_batch=paces_ms,
+           largest_burst_direct=[d for d, _, _ in pairs], largest_burst_lb=[lb for _, lb, _ in pairs],
+           lb_mean_gap_ms=[gap for _, _, gap in pairs])
+    assert min(gap for _, _, gap in pairs) > TOKEN_GAP_S * 1000 / 2, (
+        f"tokens came {min(gap for _, _, gap in pairs)} ms apart with {n} sequences batched: too fast to prove anything")
+    assert direct_median <= TOO_BUSY, (
+        f"even direct streams came in bursts of {direct_median} tokens (median): this machine is too busy to tell a proxy apart")
+    assert lb_median <= max(QUIET_BOUND, direct_median), pairs
 
 
 # --- 3. long generations ----------------------------------------------------------------------
