@@ -34,7 +34,12 @@ pytestmark = pytest.mark.live
 ROOT = Path(__file__).resolve().parents[2]
 WATCHER = ROOT / "files/nginx/fleet-nginx.sh"
 MAX_TOKENS = 24
-LONG_TOKENS = 4000  # still running when its replica gets SIGTERM (256 and 2048 finished too soon here)
+# The generation in flight at a stop: the stop comes once it has streamed its first token, so it is
+# running whatever its length; it is sized from the replica's decode rate measured just before, to
+# take DRAIN_SHARE of the drain window (drain_timeout_s), so a machine several times slower than
+# measured still finishes it inside the window (a fixed 4000 tokens outlasted the 60 s drain on a
+# busy run).
+DRAIN_SHARE = 0.25
 CLIENTS = 2
 # Between a client's requests: steady load that still leaves a 2-core machine room to restart a
 # replica (without it one restart took over 10 minutes here).
@@ -204,6 +209,16 @@ def run_gate(dp, i: int) -> float:
     return time.monotonic() - t0
 
 
+def in_flight_tokens(dp, r) -> int:
+    """Tokens of a generation that takes DRAIN_SHARE of replica r's drain window at the decode rate
+    it shows now (under the test's load)."""
+    probe = stream_completion(r.url, {"model": dp.model, "prompt": "once upon a time", "max_tokens": 64,
+                                      "ignore_eos": True}, headers=dp.auth(), timeout=120)
+    assert probe.ok and probe.tokens == 64, (probe.status, probe.error)
+    rate = (probe.chunks - 1) / max(probe.arrivals[-1] - probe.arrivals[0], 1e-3)
+    return max(64, int(rate * r.plan.model.drain_timeout_s * DRAIN_SHARE))
+
+
 def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
     """As `pulumi up` replaces the replicas of a model: stop (the planned grace), start, healthy,
     the rollout gate, then the next one."""
@@ -219,7 +234,8 @@ def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
             # its first token, so vLLM's scheduler runs it. (A request still on its way into the
             # engine when SIGTERM arrives is not drained but aborted: 200, no token. A fixed sleep
             # before the stop let a busy machine produce exactly that.)
-            body = {"model": dp.model, "prompt": "once upon a time", "max_tokens": LONG_TOKENS, "ignore_eos": True}
+            long_tokens = in_flight_tokens(dp, r)
+            body = {"model": dp.model, "prompt": "once upon a time", "max_tokens": long_tokens, "ignore_eos": True}
             running = threading.Event()
             with ThreadPoolExecutor(1) as pool:
                 streaming = pool.submit(stream_completion, r.url, body, headers=dp.auth(), timeout=300,
@@ -229,7 +245,7 @@ def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
                 docker_stop(r.proc, r.plan.containers[0].stop_grace_s)  # SIGTERM: vLLM drains (--shutdown-timeout)
                 t_stopped = time.monotonic()
                 drained = streaming.result()
-            assert drained.ok and drained.tokens == LONG_TOKENS and drained.ended > t_stop, (
+            assert drained.ok and drained.tokens == long_tokens and drained.ended > t_stop, (
                 f"the generation in flight on {r.name} was not drained: {drained.status} {drained.tokens} {drained.error}")
             r.start()  # the replacement: same command line and environment
             r.wait_ready()
@@ -244,7 +260,7 @@ def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
             report.append(f"restart {r.name}: stop took {t_stopped - t_stop:.1f} s, healthy after {t_ready - t_stop:.0f} s, "
                           f"gate {gate_s:.0f} s; {len(new)} new requests meanwhile, {len(failed_new)} failed; "
                           f"{len(in_flight)} through Nginx in flight at the stop, {len(cut)} of them cut; "
-                          f"a {LONG_TOKENS}-token generation on it finished {drained.ended - t_stop:.1f} s after SIGTERM")
+                          f"a {long_tokens}-token generation on it finished {drained.ended - t_stop:.1f} s after SIGTERM")
             assert new and not failed_new, [(x.status, x.tokens, x.error) for x in failed_new][:5]
             assert not cut, f"requests in flight on {r.name} were not drained: {[(x.status, x.tokens, x.error) for x in cut][:5]}"
         # -- the restarted replicas both serve again -------------------------------------------
