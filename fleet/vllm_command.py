@@ -7,7 +7,6 @@ the pinned release; a test runs vLLM's own argument parser over every command li
 from __future__ import annotations
 
 import json
-
 from typing import Optional
 
 from fleet.config.schema import FleetConfig, Model

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from pulumi._version import version
@@ -56,8 +57,6 @@ def test_the_pulumi_cli_is_installed_into_the_project_at_the_sdk_version(tmp_pat
     get.pulumi.com/install.sh is replaced by a script that installs what the real one would
     (`<root>/bin/pulumi` of the requested version), and the CLI is found there afterwards."""
     import pulumi.automation._cmd as automation_cmd
-
-    installer_args = []
 
     def fake_download(url: str, path: str) -> None:
         assert url == "https://get.pulumi.com/install.sh"
@@ -140,8 +139,6 @@ def test_no_install_step_names_a_machine_local_wheel_folder():
 
 def make_wheel(folder: Path, name: str, version: str) -> Path:
     """A minimal valid wheel (metadata only) that pip's resolver accepts as `name==version`."""
-    import zipfile
-
     dist = f"{name}-{version}.dist-info"
     files = {f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
              f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: vllm-fleet-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}

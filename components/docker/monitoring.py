@@ -8,8 +8,8 @@ from typing import Mapping, Optional
 import pulumi
 
 from components.docker.container import container
-from components.grafana_password import grafana_admin_password
 from components.docker.host import DockerHost
+from components.grafana_password import grafana_admin_password
 from fleet.render.files import grafana_files, prometheus_files
 from fleet.docker.plan import DockerPlan
 

@@ -331,7 +331,6 @@ class Devices:
     fleet.k8s.plan choose; the planner never re-derives it)."""
 
     replicas: dict[str, list[tuple[str, str]]]  # model name -> [(replica name, GPU model or "cpu")]
-    gpus_per_machine: dict[str, int]  # GPU model -> the most GPUs one host or node of it has
 
 
 @dataclass

@@ -208,7 +208,7 @@ def _check_fit(cap: FleetCapacity, i: int, plan: ModelMemory) -> None:
     where = (f"{plan.gpus} x {gpu} (tensor_parallel_size {m.tensor_parallel_size} x pipeline_parallel_size "
              f"{m.pipeline_parallel_size})")
     if plan.kv_budget_per_gpu <= 0:
-        tp = _smallest_fitting_tp(m, a, gpu, cap.devices.gpus_per_machine.get(gpu, 0))
+        tp = _smallest_fitting_tp(m, a, gpu, cap.cfg.gpus_per_machine.get(gpu, 0))
         hint = f"raise `{k}.tensor_parallel_size` to {tp}" if tp else "spread it over more GPUs (pipeline_parallel_size)"
         raise ConfigError(
             f"{k}.tensor_parallel_size", m.tensor_parallel_size,

@@ -272,6 +272,17 @@ class FleetConfig(Strict):
         return list(dict.fromkeys(n for n in names if n in GPU_MODELS))
 
     @property
+    def gpus_per_machine(self) -> dict[str, int]:
+        """GPU model -> the most GPUs one host (or node of a pool) of that model has."""
+        machines = ([(p.gpu_model, p.gpus_per_node) for p in self.kubernetes.node_pools]
+                    if self.target == "kubernetes" and self.kubernetes
+                    else [(h.gpu_model, h.gpus) for h in self.hosts if h.gpus > 0 and h.gpu_model])
+        most: dict[str, int] = {}
+        for gpu, n in machines:
+            most[gpu] = max(most.get(gpu, 0), n)
+        return most
+
+    @property
     def lb_host(self) -> Host:
         return self.host(self.load_balancer.host) if self.load_balancer.host else self.hosts[0]
 

@@ -60,11 +60,12 @@ def place(cfg: FleetConfig, archs: list[Architecture]) -> list[ReplicaPlacement]
     count: dict[tuple[str, str], int] = {}
     placed: list[ReplicaPlacement] = []
     for i, model in enumerate(cfg.models):
+        suitable = _suitable_gpus(cfg, i, archs[i]) if model.device == "gpu" else {}
         for r in range(model.replicas):
             if model.device == "cpu":
                 shards = (_place_cpu(cfg, model, count),)
             else:
-                shards = _place_gpu(cfg, i, model, r, free, count, _suitable_gpus(cfg, i, archs[i]))
+                shards = _place_gpu(cfg, i, model, r, free, count, suitable)
             for s in shards:
                 count[(s.host, model.name)] = count.get((s.host, model.name), 0) + 1
             placed.append(ReplicaPlacement(model.name, r, shards))

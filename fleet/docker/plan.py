@@ -58,10 +58,6 @@ class DockerPlan:
     def replicas_of(self, model: str) -> list[ReplicaPlan]:
         return [r for r in self.replicas if r.model.name == model]
 
-    def upstreams(self) -> dict[str, list[str]]:
-        """Model name -> its replicas' planned endpoints, as Nginx proxies to them."""
-        return {m.name: [r.endpoint for r in self.replicas_of(m.name)] for m in self.cfg.models}
-
     def service(self, role: str) -> ContainerSpec:
         return next(s for s in self.services if s.role == role)
 
@@ -118,11 +114,7 @@ def devices(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> Devices:
     for p in placements:
         host = cfg.host(p.leader.host)
         out.setdefault(p.model, []).append((p.name, host.gpu_model if host.gpus else "cpu"))
-    most: dict[str, int] = {}
-    for h in cfg.hosts:
-        if h.gpus and h.gpu_model:
-            most[h.gpu_model] = max(most.get(h.gpu_model, 0), h.gpus)
-    return Devices(out, most)
+    return Devices(out)
 
 
 def _cpu_slots(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> dict[str, str]:

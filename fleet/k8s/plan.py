@@ -182,19 +182,15 @@ def build_k8s_plan(cfg: FleetConfig) -> K8sPlan:
         pool = k8s.node_pools[j]
         scaling = auto.get(model.name)
         workloads.append(_workload(cfg, k8s, i, model, j, pool, nodes, scaling))
-    capacity = plan_fleet(cfg, archs, devices(k8s, workloads))
+    capacity = plan_fleet(cfg, archs, devices(workloads))
     check_fit(capacity)
     _check_capacity(k8s, workloads)
     return K8sPlan(cfg, k8s, workloads, capacity)
 
 
-def devices(k8s: Kubernetes, workloads: list[Workload]) -> Devices:
+def devices(workloads: list[Workload]) -> Devices:
     """The pools chosen, as the capacity planner reads them."""
-    most: dict[str, int] = {}
-    for p in k8s.node_pools:
-        most[p.gpu_model] = max(most.get(p.gpu_model, 0), p.gpus_per_node)
-    return Devices({w.model.name: [(w.replica_name(r), w.pool.gpu_model) for r in range(w.replicas)] for w in workloads},
-                   most)
+    return Devices({w.model.name: [(w.replica_name(r), w.pool.gpu_model) for r in range(w.replicas)] for w in workloads})
 
 
 def choose_pool(cfg: FleetConfig, i: int, arch: Architecture) -> tuple[int, int]:
