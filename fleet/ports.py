@@ -10,3 +10,9 @@ GRAFANA_PORT = 3000
 NGINX_CONF_DIR = "/etc/nginx/fleet"
 # Stopping Nginx (SIGTERM: graceful quit) lets streams in flight finish.
 NGINX_STOP_GRACE_S = 600
+# An idle keep-alive connection between Nginx and a replica must be closed by Nginx, never by the
+# replica: a close racing Nginx's reuse resets that request and benches a healthy replica for
+# fail_timeout_s (seen on a GPU run with vLLM's default of 5 s against Nginx's 300 s). vLLM gets a
+# longer idle timeout than Nginx's (VLLM_HTTP_TIMEOUT_KEEP_ALIVE); Nginx closes first.
+REPLICA_KEEPALIVE_S = 75
+NGINX_UPSTREAM_KEEPALIVE_S = 60

@@ -13,9 +13,10 @@ from fleet.config.schema import FleetConfig
 
 SETTLE_MARGIN_S = 2  # Nginx's bench expiring and its next request reaching the replica
 
-# The gate runs on the load balancer's host, beside Nginx: it waits until the replica answers
-# there, then until Nginx's bench on it has expired. `pulumi up` waits for it to exit (its
-# create timeout stops the rollout if the replica never becomes reachable).
+# The gate is a job (fleet/docker/jobs.py) on the load balancer's host, beside Nginx: it waits
+# until the replica answers there, then until Nginx's bench on it has expired. `pulumi up` waits
+# for it, and fails (stopping the rollout) if the replica does not answer within GATE_TIMEOUT_S.
+GATE_TIMEOUT_S = 600
 GATE_SCRIPT = (
     'until wget -q -T 5 -O /dev/null "$FLEET_GATE_URL"; do sleep 2; done; '
     'echo "vllm-fleet: $FLEET_GATE_URL answers; next replica in $FLEET_GATE_SETTLE_S s"; '

@@ -10,6 +10,7 @@ import json
 from typing import Optional
 
 from fleet.config.schema import FleetConfig, Model
+from fleet.ports import REPLICA_KEEPALIVE_S
 
 API_PORT = 8000
 OTEL_PORT = 9464
@@ -99,7 +100,8 @@ def replica_env(cfg: FleetConfig, model: Model, *, nodes: int = 1, nvlink: bool 
                 cpu_bind: Optional[str] = None) -> dict[str, str]:
     """`host_ip`: the machine's address for a multi-machine replica (None where the platform sets
     VLLM_HOST_IP itself, e.g. a pod's own IP)."""
-    env = {"HF_HOME": HF_HOME, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    env = {"HF_HOME": HF_HOME, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+           "VLLM_HTTP_TIMEOUT_KEEP_ALIVE": str(REPLICA_KEEPALIVE_S)}
     if model.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(model.cpu_kvcache_space_gib)
         if cpu_bind:

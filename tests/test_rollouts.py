@@ -10,6 +10,7 @@ import time
 import pytest
 
 from fleet.config.load import parse_config
+from fleet.docker.jobs import DONE_MARK
 from fleet.docker.plan import build_plan
 from support.processes import free_port, start, stop
 from support.stacks import raw_stack, run_raw, stack_run
@@ -48,10 +49,14 @@ def test_replicas_of_different_models_do_not_wait_for_each_other():
     assert not {d for d in deps(run, "r1-distill-0-server") if "llama" in d or "qwen" in d}
 
 
-def test_replica_containers_are_deleted_before_their_replacement_starts():
+def test_named_containers_are_deleted_before_their_replacement_starts_and_jobs_after():
+    # A fixed name (and GPUs, ports) must be free first; a job is autonamed: its next version runs
+    # before the old one goes. The program says so explicitly: an explicit `False` overrides the
+    # provider's own delete-before-replace for containers.
     for name, res in stack_run("prod").containers().items():
-        role = dict((lbl["label"], lbl["value"]) for lbl in res.inputs["labels"])["vllm-fleet.role"]
-        assert res.delete_before_replace == role.startswith("vllm"), name
+        job = labels_of(res)["vllm-fleet.role"] in ("rollout-gate", "nginx-config", "prometheus-targets")
+        assert res.delete_before_replace_defined, name
+        assert res.delete_before_replace == (not job) == ("name" in res.inputs), name
 
 
 def scaled(replicas: int):
@@ -71,7 +76,7 @@ def test_scaling_changes_only_the_config_job_never_the_nginx_container():
     assert {m["target"] for m in nginx2.inputs["mounts"]} == {"/etc/nginx/fleet"}
     assert nginx2.inputs["entrypoints"] == ["/bin/sh", "/usr/local/bin/fleet-nginx.sh"]
     writer = resource(two, "lb-config")
-    assert "name" not in writer.inputs and writer.inputs["mustRun"] is False  # a new job per config
+    assert "name" not in writer.inputs and not writer.delete_before_replace  # a new job per config
     assert "lb-config" in deps(two, "lb-nginx") and not {d for d in deps(two, "lb-nginx") if "qwen" in d}
 
 
@@ -105,8 +110,8 @@ def test_the_next_replica_waits_for_the_rollout_gate_which_is_replaced_with_its_
             # Its trigger is the server container's id: a replaced server means a new gate run.
             assert labels_of(gate)["vllm-fleet.trigger.server-id"] == f"{name}-server-id"
             assert gate.provider_name == lb_host  # it checks the replica from where Nginx reaches it
-            assert gate.inputs["attach"] is True and gate.inputs["mustRun"] is False  # `pulumi up` waits for it
-            assert gate.create_timeout == "600s"  # and stops the rollout if the replica never answers
+            assert gate.inputs["wait"] is True and gate.inputs["waitTimeout"] == 600  # `pulumi up` waits for it
+            assert gate.create_timeout == "720s"  # and stops the rollout if the replica never answers
             assert "name" not in gate.inputs and not gate.delete_before_replace
             env = dict(e.split("=", 1) for e in gate.inputs["envs"])
             # It probes the replica at the very address Nginx proxies to.
@@ -142,26 +147,38 @@ def test_drain_timeout_is_configurable_and_zero_aborts():
     assert "--shutdown-timeout" not in server.inputs["command"] and server.inputs["destroyGraceSeconds"] == 30
 
 
-def test_the_gate_script_waits_for_the_replica_then_for_nginx_bench_to_expire(tmp_path):
-    """The gate's own command (sh + wget, as in the Nginx image), against a loopback server that
-    starts answering only after a while."""
+def run_job(spec, tmp_path, env_over) -> tuple:
+    """A job's own command (sh, as in its image) on this machine, its success mark under tmp_path."""
+    mark = tmp_path / "job-done"
+    script = spec.command[0].replace(DONE_MARK, str(mark))
+    assert script != spec.command[0]
+    proc = start([*spec.entrypoint, script], env={**os.environ, **spec.env, **env_over}, log_path=tmp_path / "job.log")
+    return proc, mark
+
+
+def test_the_gate_waits_for_the_replica_then_for_nginx_bench_to_expire(tmp_path):
+    """Against a loopback server that starts answering only after a while."""
     gate = build_plan(parse_config(raw_stack("local"), "local")).replicas[0].gate
     port = free_port()
-    env = {**os.environ, **gate.env, "FLEET_GATE_URL": f"http://127.0.0.1:{port}/health", "FLEET_GATE_SETTLE_S": "1"}
     t0 = time.monotonic()
-    proc = start([*gate.entrypoint, *gate.command], env=env, log_path=tmp_path / "gate.log")
+    proc, mark = run_job(gate, tmp_path, {"FLEET_GATE_URL": f"http://127.0.0.1:{port}/health", "FLEET_GATE_SETTLE_S": "1"})
     server = None
     try:
         time.sleep(3)
-        assert proc.poll() is None, "the gate passed before the replica answered"
+        assert proc.poll() is None and not mark.exists(), "the gate passed before the replica answered"
         (tmp_path / "health").write_text("ok")
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        assert proc.wait(timeout=30) == 0, (tmp_path / "gate.log").read_text()
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert mark.exists(), (tmp_path / "job.log").read_text()
         assert time.monotonic() - t0 >= 3 + 1
-        assert "answers; next replica in 1 s" in (tmp_path / "gate.log").read_text()
+        assert "answers; next replica in 1 s" in (tmp_path / "job.log").read_text()
+        assert proc.poll() is None  # it stays, as the record that the replica is back in rotation
     finally:
         stop(proc, timeout=5)
         if server is not None:
             server.shutdown()
+    assert proc.returncode == 0  # a stop ends the idle wait at once

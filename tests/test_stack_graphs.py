@@ -51,10 +51,17 @@ def upstream_servers(stack: str) -> dict[str, list[str]]:
     return {name: re.findall(r"server (\S+) max_fails", body) for name, body in blocks}
 
 
-def scrape_targets(stack: str, job: str) -> list[str]:
-    prom = uploads(stack_run(stack).containers()[f"{stack}-prometheus"])["/etc/prometheus/prometheus.yml"]
-    jobs = {j["job_name"]: j for j in yaml.safe_load(prom)["scrape_configs"]}
-    return [t for sc in jobs[job]["static_configs"] for t in sc["targets"]]
+def scrape_groups(stack_or_run, job: str) -> list[dict]:
+    """The targets of `job`, as the targets job writes them for Prometheus's file discovery."""
+    run = stack_run(stack_or_run) if isinstance(stack_or_run, str) else stack_or_run
+    prom = yaml.safe_load(uploads(run.named("monitoring-prometheus"))["/etc/prometheus/prometheus.yml"])
+    job_cfg = next(j for j in prom["scrape_configs"] if j["job_name"] == job)
+    assert job_cfg["file_sd_configs"] == [{"files": [f"targets/{job}.json"], "refresh_interval": "30s"}]
+    return json.loads(uploads(run.named("monitoring-prometheus-targets"))[f"/incoming/{job}.json"])
+
+
+def scrape_targets(stack_or_run, job: str) -> list[str]:
+    return [t for group in scrape_groups(stack_or_run, job) for t in group["targets"]]
 
 
 # --- which containers on which hosts, with which GPUs -------------------------------------------
@@ -209,9 +216,7 @@ def test_scaling_replicas_in_the_config_changes_upstreams_and_targets_together()
     run = run_raw("local", raw)
     conf = rendered_nginx_conf(run)
     assert re.findall(r"server (\S+) max_fails", conf) == ["local-qwen-0:8000", "local-qwen-1:8000", "local-qwen-2:8000"]
-    prom = yaml.safe_load(uploads(run.containers()["local-prometheus"])["/etc/prometheus/prometheus.yml"])
-    vllm_job = next(j for j in prom["scrape_configs"] if j["job_name"] == "vllm")
-    assert [sc["labels"]["replica"] for sc in vllm_job["static_configs"]] == ["qwen-0", "qwen-1", "qwen-2"]
+    assert [g["labels"]["replica"] for g in scrape_groups(run, "vllm")] == ["qwen-0", "qwen-1", "qwen-2"]
 
 
 # --- secrets stay secret --------------------------------------------------------------------------
@@ -263,9 +268,7 @@ def test_the_seed_image_runtime_adds_its_opentelemetry_port_to_prometheus():
     raw = raw_stack("prod")
     raw["models"][2].update(runtime="seed-otel", image="registry.example/vllm-otel:0.32.0")
     run = run_raw("prod", raw)
-    prom = yaml.safe_load(uploads(run.containers()["prod-prometheus"])["/etc/prometheus/prometheus.yml"])
-    otel = next(j for j in prom["scrape_configs"] if j["job_name"] == "vllm-otel")
-    assert [t for sc in otel["static_configs"] for t in sc["targets"]] == ["10.30.2.11:9000", "10.30.2.11:9001"]
+    assert scrape_targets(run, "vllm-otel") == ["10.30.2.11:9000", "10.30.2.11:9001"]
     server = run.containers()["prod-r1-distill-0"].inputs
     assert server["entrypoints"] == ["/workspace/run.sh"]
     assert {(p["internal"], p["external"]) for p in server["ports"]} == {(8000, 8000), (9464, 9000)}

@@ -34,8 +34,15 @@ class Recorded:
     provider: str = ""  # the provider reference ("urn::id"): which Docker host a container is on
     urn: str = ""
     dependencies: list[str] = field(default_factory=list)  # URNs this resource waits for
+    # input property -> URNs whose outputs it uses (a subset of `dependencies`; `depends_on` adds none)
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
     delete_before_replace: bool = False
+    delete_before_replace_defined: bool = False  # False: the provider's default applies
+    replace_on_changes: list[str] = field(default_factory=list)
+    retain_on_delete: bool = False
     create_timeout: str = ""  # customTimeouts.create, e.g. "600s"
+    delete_timeout: str = ""
+    update_timeout: str = ""
 
     @property
     def provider_name(self) -> str:
@@ -158,8 +165,14 @@ def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),
         r.urn, request = by_key.get((r.typ, r.name), ("", None))
         if request is not None:
             r.dependencies = list(request.dependencies)
+            r.property_dependencies = {k: list(v.urns) for k, v in request.propertyDependencies.items() if v.urns}
             r.delete_before_replace = request.deleteBeforeReplace
-            r.create_timeout = request.customTimeouts.create if request.HasField("customTimeouts") else ""
+            r.delete_before_replace_defined = request.deleteBeforeReplaceDefined
+            r.replace_on_changes = list(request.replaceOnChanges)
+            r.retain_on_delete = request.retainOnDelete
+            if request.HasField("customTimeouts"):
+                t = request.customTimeouts
+                r.create_timeout, r.update_timeout, r.delete_timeout = t.create, t.update, t.delete
     root = settings.get_root_resource()
     run.outputs = _stack_outputs(root)
     return run

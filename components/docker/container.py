@@ -12,15 +12,30 @@ import pulumi_docker as docker
 from components.docker.host import DockerHost
 from fleet.docker.container_spec import ContainerSpec
 
+TIMEOUT_MARGIN_S = 120  # creating and starting the container, removing it after its stop
+
+
+def go_duration(seconds: int) -> str:
+    """`seconds` as Go's `time.Duration.String()` ("15s", "10m0s", "1h0m0s"): the form the provider
+    reads a healthcheck back in, so an unchanged healthcheck shows no diff after a refresh."""
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m}m{s}s" if h else f"{m}m{s}s" if m else f"{s}s"
+
+
+def timeouts(spec: ContainerSpec) -> pulumi.CustomTimeouts:
+    """The provider bounds a container's create (start, health wait or job run) and delete (stop
+    grace) by 20 minutes unless told otherwise: give each the time the plan allows it, plus margin."""
+    return pulumi.CustomTimeouts(create=f"{spec.start_timeout_s + TIMEOUT_MARGIN_S}s",
+                                 delete=f"{spec.stop_grace_s + TIMEOUT_MARGIN_S}s")
+
 
 def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent: pulumi.Resource,
               secrets: Mapping[str, pulumi.Output[str]], uploads: Optional[pulumi.Input[Mapping[str, str]]] = None,
               depends_on: Optional[list[pulumi.Resource]] = None,
-              delete_before_replace: bool = False,
               triggers: Optional[Mapping[str, pulumi.Input[str]]] = None) -> docker.Container:
     """`uploads` (path -> content) may be an Output, e.g. a config rendered from other resources' outputs.
 
-    `delete_before_replace`: free the old container's name and GPUs before its replacement starts.
     `triggers`: values (e.g. another container's id) whose change replaces this container; they
     become labels `vllm-fleet.trigger.<key>`.
     """
@@ -53,20 +68,28 @@ def container(resource_name: str, spec: ContainerSpec, host: DockerHost, parent:
                                           read_only=m.read_only) for m in spec.mounts] or None,
         uploads=all_uploads,
         healthcheck=docker.ContainerHealthcheckArgs(
-            tests=hc.test, interval=hc.interval, timeout=hc.timeout, retries=hc.retries, start_period=hc.start_period)
+            tests=hc.test, interval=go_duration(hc.interval_s), timeout=go_duration(hc.timeout_s), retries=hc.retries,
+            start_period=go_duration(hc.start_period_s),
+            start_interval=go_duration(hc.start_interval_s) if hc.start_interval_s else None)
         if hc else None,
         labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in spec.labels.items()]
         + [docker.ContainerLabelArgs(label=f"vllm-fleet.trigger.{k}", value=v) for k, v in (triggers or {}).items()],
         capabilities=docker.ContainerCapabilitiesArgs(adds=spec.capabilities) if spec.capabilities else None,
-        restart="no" if spec.one_shot else spec.restart,
-        must_run=not spec.one_shot,
-        attach=spec.one_shot,  # `pulumi up` waits for a job to finish before what depends on it
+        restart=spec.restart,
+        must_run=True,
         stop_timeout=spec.stop_grace_s,
         destroy_grace_seconds=spec.stop_grace_s,
+        # `pulumi up` waits until the container is healthy (a job: until it passed).
         wait=hc is not None,
         wait_timeout=spec.start_timeout_s if hc else None,
-        opts=pulumi.ResourceOptions(parent=parent, provider=host.provider, depends_on=depends_on or [],
-                                    delete_before_replace=delete_before_replace,
-                                    custom_timeouts=pulumi.CustomTimeouts(create=f"{spec.start_timeout_s}s")
-                                    if spec.one_shot else None),
+        opts=pulumi.ResourceOptions(
+            parent=parent, provider=host.provider, depends_on=depends_on or [],
+            # A fixed name (and a replica's GPUs, Nginx's port) must be free before the replacement
+            # starts; a job is autonamed, so its next version runs before the old one is removed.
+            delete_before_replace=not spec.one_shot,
+            # Any change replaces, also one the provider would apply in place without effect (a
+            # health check), and so does a failed create: the provider keeps a container that never
+            # became healthy, and without this the next `pulumi up` would accept it unchecked.
+            replace_on_changes=["*"],
+            custom_timeouts=timeouts(spec)),
     )

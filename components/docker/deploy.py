@@ -41,7 +41,7 @@ def deploy(cfg: FleetConfig, secrets: Mapping[str, pulumi.Output[str]]) -> dict[
     }
     if cfg.monitoring.enabled:
         monitoring = HostMonitoring("monitoring", HostMonitoringArgs(
-            plan, hosts, [replicas[r.name].metrics_target for r in plan.replicas], secrets, depends_on=[lb]))
+            plan, hosts, secrets, depends_on=[lb]))
         outputs.update(prometheus_url=monitoring.prometheus_url, grafana_url=monitoring.grafana_url,
                        grafana_admin_password=monitoring.grafana_admin_password)
     return outputs

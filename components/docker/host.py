@@ -24,7 +24,7 @@ class DockerHost(pulumi.ComponentResource):
         self.host = args.host
         self._name = name
         self.provider = docker.Provider(
-            f"{name}-docker", host=args.host.docker_host, ssh_opts=args.host.ssh_opts or None,
+            f"{name}-docker", host=args.host.docker_host, ssh_opts=args.host.ssh_options or None,
             opts=pulumi.ResourceOptions(parent=self))
         self.child_opts = pulumi.ResourceOptions(parent=self, provider=self.provider)
         self.network = docker.Network(
@@ -42,5 +42,6 @@ class DockerHost(pulumi.ComponentResource):
         if ref not in self._images:
             slug = re.sub(r"[^a-z0-9]+", "-", ref.rsplit("/", 1)[-1].lower()).strip("-")
             self._images[ref] = docker.RemoteImage(
-                f"{self._name}-image-{slug}", name=ref, keep_locally=True, opts=self.child_opts)
+                f"{self._name}-image-{slug}", name=ref, keep_locally=True, opts=self.child_opts.merge(
+                    pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=f"{self.host.pull_timeout_s}s"))))
         return self._images[ref]

@@ -31,12 +31,11 @@ class VllmReplica(pulumi.ComponentResource):
         plan = args.plan
         # Worker nodes first: the API server (rank 0) waits for them at startup, and `pulumi up`
         # waits for the API server's health check.
-        # Replacement deletes first: the new container needs the old one's name and GPUs.
         previous = [args.after.ready] if args.after else []
         workers = [container(f"{name}-node{c.labels['vllm-fleet.node-rank']}", c, args.hosts[c.host], self, args.secrets,
-                             depends_on=previous, delete_before_replace=True) for c in plan.containers[1:]]
+                             depends_on=previous) for c in plan.containers[1:]]
         self.server = container(f"{name}-server", plan.containers[0], args.hosts[plan.containers[0].host], self, args.secrets,
-                                depends_on=workers + previous, delete_before_replace=True)
+                                depends_on=workers + previous)
         self.containers = [self.server, *workers]
         # Replaced whenever the server is (its id is a trigger): the next replica waits for it.
         self.ready = self.server if plan.gate is None else container(

@@ -38,7 +38,9 @@ class ClusterMonitoring(pulumi.ComponentResource):
         mon_ns = None
         if install and k.create_namespace:
             # node-exporter (host namespaces) and the DCGM exporter (CAP_SYS_ADMIN) need `privileged`.
-            mon_ns = declare(f"{name}-namespace", mf.namespace(plan, k.monitoring.namespace, "privileged"), base)
+            # Often there already (`monitoring` is a common name), and shared: adopted, never deleted.
+            mon_ns = declare(f"{name}-namespace", mf.namespace(plan, k.monitoring.namespace, "privileged"),
+                             args.fleet.kept_opts.merge(pulumi.ResourceOptions(parent=self)))
         in_mon = base.merge(pulumi.ResourceOptions(depends_on=[mon_ns] if mon_ns else []))
         self.grafana_admin_password = None
         self.grafana_url = None

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import pulumi
 import pulumi_kubernetes as k8s
 
+from fleet.k8s.manifests import with_checkov_skips
+
 TYPED: dict[tuple[str, str], type] = {
     ("v1", "Namespace"): k8s.core.v1.Namespace,
     ("v1", "ServiceAccount"): k8s.core.v1.ServiceAccount,
@@ -33,6 +35,7 @@ def _snake(key: str) -> str:
 def declare(resource_name: str, manifest: dict[str, Any], opts: pulumi.ResourceOptions,
             **inputs: Any) -> pulumi.CustomResource:
     """`inputs` (snake_case) replace top-level fields, e.g. a Secret's `string_data` of Outputs."""
+    manifest = with_checkov_skips(manifest)
     body = {k: v for k, v in manifest.items() if k not in ("apiVersion", "kind")}
     cls: Optional[type] = TYPED.get((manifest["apiVersion"], manifest["kind"]))
     if cls is None:

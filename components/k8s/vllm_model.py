@@ -16,8 +16,6 @@ from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
 from fleet.k8s.plan import K8sPlan, Workload
 
-# vLLM downloads and loads weights before it is Ready: Pulumi waits that long for a rollout.
-ROLLOUT_TIMEOUT = pulumi.CustomTimeouts(create="90m", update="90m")
 
 
 @dataclass
@@ -40,7 +38,9 @@ class VllmModel(pulumi.ComponentResource):
         self.replica_services = [declare(f"{name}-{i}", mf.replica_service(plan, w, i), base) for i in range(w.max_replicas)]
         workload_opts = base.merge(pulumi.ResourceOptions(
             depends_on=[*args.fleet.ready, *args.depends_on, *([self.headless_service] if self.headless_service else [])],
-            custom_timeouts=ROLLOUT_TIMEOUT,
+            # vLLM downloads and loads weights before it is Ready: Pulumi waits that long per replica.
+            custom_timeouts=pulumi.CustomTimeouts(create=f"{mf.rollout_timeout_s(plan, w)}s",
+                                                  update=f"{mf.rollout_timeout_s(plan, w)}s"),
             # KEDA owns the replica count of an autoscaled model; Pulumi sets only its starting value.
             ignore_changes=["spec.replicas"] if w.autoscaling else None))
         self.workload = declare(f"{name}-{'group' if w.multi_node else 'set'}", mf.workload(plan, w), workload_opts)

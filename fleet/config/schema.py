@@ -44,10 +44,25 @@ class Host(Strict):
         None, pattern=r"^[A-Za-z0-9_.,^=-]+$", description="NIC NCCL and Gloo use (e.g. `eth0`); required for pipelines across hosts."
     )
     nvlink: bool = Field(False, description="GPUs joined by NVLink; when false, multi-GPU replicas get `NCCL_P2P_DISABLE=1`.")
-    ssh_opts: list[str] = Field(default_factory=list, description="Extra ssh options for an `ssh://` docker_host.")
+    ssh_opts: list[str] = Field(default_factory=list, description="Extra ssh options for an `ssh://` docker_host "
+                                "(connection multiplexing is added unless these set ControlMaster or ControlPath).")
     hf_cache_dir: Optional[str] = Field(
         None, pattern=r"^/", description="Host directory for the Hugging Face cache; default: a named Docker volume."
     )
+    pull_timeout_s: int = Field(3600, ge=60, le=86400, description="How long `pulumi up` may take to pull one image "
+                                "on this host (the vLLM image is ~10 GB).")
+
+    @property
+    def ssh_options(self) -> list[str]:
+        """`ssh_opts`, with one multiplexed SSH connection per host for an `ssh://` endpoint: the
+        provider runs `ssh ... docker system dial-stdio` per operation, and a parallel `pulumi up`
+        opens enough at once to hit sshd's MaxStartups (kreuzwerker/terraform-provider-docker#262)."""
+        if not self.docker_host.startswith("ssh://"):
+            return list(self.ssh_opts)
+        if any(k in o.lower() for o in self.ssh_opts for k in ("controlmaster", "controlpath")):
+            return list(self.ssh_opts)
+        return ["-o", "ControlMaster=auto", "-o", "ControlPath=~/.ssh/vllm-fleet-%C", "-o", "ControlPersist=10m",
+                *self.ssh_opts]
 
 
 class Speculative(Strict):
@@ -104,6 +119,10 @@ class Model(Strict):
     extra_args: list[str] = Field(default_factory=list, description="Extra vLLM flags, appended verbatim.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables for the replicas.")
     shm_size_mb: int = Field(8192, ge=64, description="Shared memory for multi-GPU replicas without host IPC.")
+    start_timeout_s: int = Field(
+        1800, ge=60, le=86400, description="How long a replica may take to download and load its weights before it "
+        "must answer `/health`: `pulumi up` waits that long per replica, and sizes its timeouts from it."
+    )
     drain_timeout_s: int = Field(
         60, ge=0, le=3600, description="On stop or replacement, how long a replica may finish its requests in flight "
         "(vLLM `--shutdown-timeout`, vLLM >= 0.18); 0 aborts them at once and omits the flag."

@@ -27,11 +27,14 @@ class Mount:
 
 @dataclass(frozen=True)
 class HealthCheck:
+    """Durations in whole seconds; the Docker component writes them in the provider's own form."""
     test: list[str]
-    interval: str = "15s"
-    timeout: str = "10s"
+    interval_s: int = 15
+    timeout_s: int = 10
     retries: int = 3
-    start_period: str = "30s"
+    start_period_s: int = 30
+    # Checks this often during start_period (Docker >= 25; older engines use `interval_s`).
+    start_interval_s: Optional[int] = None
 
 
 @dataclass
@@ -56,12 +59,13 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
     restart: str = "unless-stopped"
-    start_timeout_s: int = 120  # how long `pulumi up` waits for the container to become healthy
+    start_timeout_s: int = 120  # how long `pulumi up` waits for the container to become healthy (or a job to pass)
     # SIGTERM, then SIGKILL after this many seconds, on `docker stop` and when `pulumi up` replaces
     # or deletes the container (without it the provider removes a running container by force).
     stop_grace_s: int = 10
-    # A job that runs once per change (e.g. writes a config into a volume) and exits. It gets a
-    # unique name per version, so a change creates the new one before removing the old one.
+    # A job (fleet/docker/jobs.py) that runs once per version of its inputs. It gets a unique name
+    # per version, so a change creates the new one before removing the old one; every other
+    # container has a fixed name and is removed before its replacement starts.
     one_shot: bool = False
 
     def to_dict(self) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from fleet import rollout, vllm_command as vc
+from fleet.docker import jobs
 from fleet.capacity.memory import Devices, FleetCapacity, architectures, plan_fleet
 from fleet.capacity.refusals import check_fit, check_models
 from fleet.config.schema import FleetConfig, Host, Model
@@ -17,12 +18,14 @@ from fleet.docker.container_spec import ContainerSpec, HealthCheck, Mount, Port
 from fleet.docker.placement import ReplicaPlacement, place
 from fleet.ports import (DCGM_PORT, GRAFANA_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT,
                          NGINX_STOP_GRACE_S, PROMETHEUS_PORT)
-from fleet.render.files import Scrape
+from fleet.render.files import PROMETHEUS_TARGETS_DIR, Scrape
 from fleet.render.templates import static
 
 VLLM_HOST_PORT_BASE = 8000
 MASTER_PORT_BASE = 29500
-NGINX_CONF_UPLOAD = "/incoming/nginx.conf"
+UPLOAD_DIR = "/incoming"  # where a file writer job's uploads land
+FILE_WRITER_TIMEOUT_S = 60
+NGINX_CONF_UPLOAD = f"{UPLOAD_DIR}/nginx.conf"
 NGINX_ENTRYPOINT = "/usr/local/bin/fleet-nginx.sh"
 
 
@@ -162,7 +165,7 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
         health = HealthCheck(
             test=["CMD", "python3", "-c",
                   f"import urllib.request; urllib.request.urlopen('http://{probe}:{api_port}/health', timeout=5)"],
-            interval="15s", timeout="10s", retries=3, start_period="600s") if leader else None
+            interval_s=15, timeout_s=10, retries=3, start_period_s=model.start_timeout_s) if leader else None
         containers.append(ContainerSpec(
             name=name, host=s.host, role="vllm" if leader else "vllm-worker",
             image=model.resolved_image,
@@ -183,7 +186,7 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
             labels=labels(cfg, "vllm" if leader else "vllm-worker", **{"vllm-fleet.model": model.name, "vllm-fleet.replica": p.name,
                                           "vllm-fleet.node-rank": str(s.node_rank)}),
             capabilities=["SYS_NICE"] if model.device == "cpu" else [],
-            start_timeout_s=1800 if leader else 120,
+            start_timeout_s=model.start_timeout_s if leader else 120,
             stop_grace_s=vc.stop_grace_s(model),
         ))
     lead = containers[0]
@@ -197,14 +200,24 @@ def _replica(cfg: FleetConfig, model: Model, p: ReplicaPlacement, ports: dict[st
 
 
 def _rollout_gate(cfg: FleetConfig, r: ReplicaPlan) -> ContainerSpec:
-    """A one-shot job on the load balancer's host that `pulumi up` waits for between replicas."""
-    return ContainerSpec(
+    """A job on the load balancer's host that `pulumi up` waits for between replicas."""
+    return jobs.job(
         name=container_name(cfg, f"{r.name}-rollout-gate"), host=cfg.lb_host.name, role="rollout-gate",
-        image=cfg.load_balancer.image, entrypoint=["/bin/sh", "-c"], command=[rollout.GATE_SCRIPT],
+        image=cfg.load_balancer.image, script=rollout.GATE_SCRIPT, timeout_s=rollout.GATE_TIMEOUT_S,
         env={"FLEET_GATE_URL": f"http://{r.endpoint}/health", "FLEET_GATE_SETTLE_S": str(rollout.settle_s(cfg))},
-        labels=labels(cfg, "rollout-gate", **{"vllm-fleet.model": r.model.name, "vllm-fleet.replica": r.name}),
-        one_shot=True, start_timeout_s=600,
-    )
+        labels=labels(cfg, "rollout-gate", **{"vllm-fleet.model": r.model.name, "vllm-fleet.replica": r.name}))
+
+
+def _file_writer(cfg: FleetConfig, role: str, host: Host, image: str, volume: str, target_dir: str) -> ContainerSpec:
+    """A job that writes its uploads (under UPLOAD_DIR) into `volume` at `target_dir`, each file
+    atomically (a reader never sees half a file); a failed write fails `pulumi up`.
+
+    A changed file changes only this job's uploads: the long-running reader (Nginx, Prometheus)
+    mounts the volume, notices the new file itself and is never replaced for it."""
+    script = (f'for f in {UPLOAD_DIR}/*; do n=$(basename "$f"); '
+              f'cp "$f" "{target_dir}/.$n.new"; mv -f "{target_dir}/.$n.new" "{target_dir}/$n"; done')
+    return jobs.job(name=container_name(cfg, role), host=host.name, role=role, image=image, script=script,
+                    timeout_s=FILE_WRITER_TIMEOUT_S, mounts=[Mount(target_dir, volume=volume)], labels=labels(cfg, role))
 
 
 def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[ContainerSpec], list[Scrape]]:
@@ -218,16 +231,11 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
         + ([Port(NGINX_STATUS_PORT, NGINX_STATUS_PORT, lb.address)] if m.enabled and m.nginx_exporter and lb.name != mon.name else []),
         mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume, read_only=True)],
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NGINX_STATUS_PORT}/stub_status"],
-                                interval="10s", timeout="5s", retries=3, start_period="10s"),
+                                interval_s=10, timeout_s=5, retries=3, start_period_s=10),
         labels=labels(cfg, "nginx"), start_timeout_s=60, stop_grace_s=NGINX_STOP_GRACE_S,
-    ), ContainerSpec(
+    ),
         # Writes each new nginx.conf into the volume the running Nginx watches (see fleet-nginx.sh).
-        name=container_name(cfg, "nginx-config"), host=lb.name, role="nginx-config", image=cfg.load_balancer.image,
-        entrypoint=["/bin/sh", "-c"],
-        command=[f"cp {NGINX_CONF_UPLOAD} {NGINX_CONF_DIR}/nginx.conf.new && mv -f {NGINX_CONF_DIR}/nginx.conf.new {NGINX_CONF_DIR}/nginx.conf"],
-        mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume)],
-        labels=labels(cfg, "nginx-config"), one_shot=True,
-    )]
+        _file_writer(cfg, "nginx-config", lb, cfg.load_balancer.image, conf_volume, NGINX_CONF_DIR)]
     scrapes = [Scrape("vllm", r.metrics_target, {"model": r.model.name, "replica": r.name, "host": r.host})
                for r in replicas]
     scrapes += [Scrape("vllm-otel", r.otel_target, {"model": r.model.name, "replica": r.name, "host": r.host})
@@ -261,9 +269,11 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
         ports=[Port(PROMETHEUS_PORT, m.prometheus_port, m.bind_address)],
         mounts=[Mount("/prometheus", volume=container_name(cfg, "prometheus-data"))],
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{PROMETHEUS_PORT}/-/ready"],
-                                interval="10s", timeout="5s", retries=5, start_period="10s"),
+                                interval_s=10, timeout_s=5, retries=5, start_period_s=10),
         labels=labels(cfg, "prometheus"), start_timeout_s=120)
     scrapes.append(Scrape("prometheus", f"127.0.0.1:{PROMETHEUS_PORT}", {"host": mon.name}))
+    targets_volume = container_name(cfg, "prometheus-targets")
+    prometheus.mounts.append(Mount(PROMETHEUS_TARGETS_DIR, volume=targets_volume, read_only=True))
     grafana = ContainerSpec(
         name=container_name(cfg, "grafana"), host=mon.name, role="grafana", image=m.grafana_image,
         env={"GF_SECURITY_ADMIN_USER": "admin", "GF_USERS_ALLOW_SIGN_UP": "false", "GF_AUTH_ANONYMOUS_ENABLED": "false",
@@ -272,7 +282,9 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
         ports=[Port(GRAFANA_PORT, m.grafana_port, m.bind_address)],
         mounts=[Mount("/var/lib/grafana", volume=container_name(cfg, "grafana-data"))],
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{GRAFANA_PORT}/api/health"],
-                                interval="10s", timeout="5s", retries=5, start_period="20s"),
+                                interval_s=10, timeout_s=5, retries=5, start_period_s=20),
         labels=labels(cfg, "grafana"), start_timeout_s=180)
-    services += [prometheus, grafana]
+    # Writes the scrape targets Prometheus discovers from files (fleet/render/files.py).
+    services += [prometheus, _file_writer(cfg, "prometheus-targets", mon, m.prometheus_image, targets_volume,
+                                          PROMETHEUS_TARGETS_DIR), grafana]
     return services, scrapes

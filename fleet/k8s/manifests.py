@@ -7,8 +7,11 @@ the component as Pulumi secrets.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 from typing import Any, Optional
+
+import yaml
 
 from fleet import rollout, vllm_command as vc
 from fleet.k8s.plan import (
@@ -32,10 +35,45 @@ SERVICE_ACCOUNT = "vllm-fleet"  # no API token: nothing in the fleet talks to th
 FLEET_SECRET = "vllm-fleet-secrets"
 NGINX_NAME = "vllm-fleet-nginx"
 CHECKSUM_ANNOTATION = "vllm-fleet/nginx-conf-sha256"
-# vLLM pods: how long a replica may take to download and load its weights before Kubernetes
-# restarts it (the Docker target waits 30 minutes for the same).
-STARTUP_BUDGET_S = {False: 1800, True: 3600}
 PRESTOP_S = 10  # the Service drops a terminating pod before vLLM stops accepting requests
+ROLLOUT_MARGIN_S = 300  # scheduling, image pull of a cached image, container start
+
+
+def min_ready_s(plan: "K8sPlan") -> int:
+    """A replaced vLLM pod counts as available only after this long Ready (Nginx's bench, fleet/rollout.py)."""
+    return max(30, rollout.settle_s(plan.cfg))
+
+
+def rollout_timeout_s(plan: "K8sPlan", w: "Workload") -> int:
+    """How long `pulumi up` waits for a workload: its replicas start one after another on an update."""
+    return w.max_replicas * (w.model.start_timeout_s + min_ready_s(plan) + ROLLOUT_MARGIN_S)
+
+
+CHECKOV_SKIPS = "k8s/checkov-skips.yaml"
+
+
+def checkov_skips(manifest: Manifest) -> dict[str, str]:
+    """The reviewed skips (files/k8s/checkov-skips.yaml) that apply to this object, as checkov's
+    own annotations (`checkov.io/skipN: CHECK=comment`), so every checkov run on the cluster's
+    objects or our render, `make checkov` and a user's own CI included, honours the same list."""
+    spec = manifest.get("spec") or {}
+    if "template" not in spec and "leaderWorkerTemplate" not in spec:
+        return {}  # every reviewed skip is about containers: objects without pods need none
+    md = manifest["metadata"]
+    resource = f"{manifest['kind']}.{md.get('namespace', 'default')}.{md['name']}"
+    checks = [c for skip in yaml.safe_load(static(CHECKOV_SKIPS))["skips"]
+              if any(fnmatch.fnmatchcase(resource, pattern) for pattern in skip["resources"]) for c in skip["checks"]]
+    # checkov splits the value on "=": the comment must not contain one.
+    return {f"checkov.io/skip{i}": f"{check}=reviewed in files/{CHECKOV_SKIPS}"
+            for i, check in enumerate(dict.fromkeys(checks), start=1)}
+
+
+def with_checkov_skips(manifest: Manifest) -> Manifest:
+    skips = checkov_skips(manifest)
+    if not skips:
+        return manifest
+    md = manifest["metadata"]
+    return {**manifest, "metadata": {**md, "annotations": {**md.get("annotations", {}), **skips}}}
 
 
 def meta(name: str, namespace: Optional[str], lbls: dict[str, str], annotations: Optional[dict[str, str]] = None) -> dict:
@@ -142,8 +180,8 @@ def vllm_pod(plan: K8sPlan, w: Workload, role: PodRole) -> dict:
     if ports:
         container["ports"] = ports
     if server:
-        budget = STARTUP_BUDGET_S[w.multi_node]
-        container["startupProbe"] = _probe(10, budget // 10, 5)
+        # How long the replica may download and load its weights before Kubernetes restarts it.
+        container["startupProbe"] = _probe(10, -(-w.model.start_timeout_s // 10), 5)
         container["readinessProbe"] = _probe(10, 3, 5)
         container["livenessProbe"] = _probe(15, 4, 10)
         # Let the Service drop this pod before vLLM stops accepting requests.
@@ -185,7 +223,7 @@ def statefulset(plan: K8sPlan, w: Workload) -> Manifest:
             # replace one pod at a time and wait for it to be Ready for minReadySeconds: at least
             # until Nginx's bench on it has expired (fleet/rollout.py).
             "podManagementPolicy": "Parallel",
-            "minReadySeconds": max(30, rollout.settle_s(plan.cfg)),
+            "minReadySeconds": min_ready_s(plan),
             "revisionHistoryLimit": 5,
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "partition": 0}},
             "selector": {"matchLabels": selector_labels("vllm", w.name)},

@@ -5,14 +5,16 @@ replicas' real endpoints; the offline render and the tests call them with the pl
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from fleet.config.schema import FleetConfig
-from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT
+from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT, NGINX_UPSTREAM_KEEPALIVE_S
 from fleet.render.templates import render, static
 
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards"
+PROMETHEUS_TARGETS_DIR = "/etc/prometheus/targets"
 
 
 @dataclass
@@ -38,20 +40,26 @@ def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> str:
     return render(
         "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
         policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
-        fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, listen_port=NGINX_PORT,
+        fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, keepalive_timeout_s=NGINX_UPSTREAM_KEEPALIVE_S,
+        listen_port=NGINX_PORT,
         status_port=NGINX_STATUS_PORT, max_body_mb=lb.max_body_mb, connect_timeout_s=lb.connect_timeout_s,
         read_timeout_s=lb.read_timeout_s, send_timeout_s=lb.send_timeout_s, retries=max(2, min(largest, 5)),
     )
 
 
 def prometheus_yml(cfg: FleetConfig, scrapes: list[Scrape]) -> str:
-    by_job: dict[str, list[Scrape]] = defaultdict(list)
-    for s in scrapes:
-        by_job[s.job].append(s)
-    jobs = [{"name": job, "path": "/metrics", "targets": [{"target": s.target, "labels": s.labels} for s in items]}
-            for job, items in by_job.items()]
+    jobs = list(dict.fromkeys(s.job for s in scrapes))
     return render("prometheus/prometheus.yml.j2", jobs=jobs, stack=cfg.stack,
                   scrape_interval_s=cfg.monitoring.scrape_interval_s)
+
+
+def prometheus_targets(scrapes: list[Scrape]) -> dict[str, str]:
+    """Prometheus's file-based discovery, one file per job: path in the container -> JSON."""
+    by_job: dict[str, list[dict]] = defaultdict(list)
+    for s in scrapes:
+        by_job[s.job].append({"targets": [s.target], "labels": s.labels})
+    return {f"{PROMETHEUS_TARGETS_DIR}/{job}.json": json.dumps(groups, indent=1, sort_keys=True) + "\n"
+            for job, groups in by_job.items()}
 
 
 def alert_rules(cfg: FleetConfig) -> str:
@@ -73,5 +81,6 @@ def grafana_files(cfg: FleetConfig, prometheus_url: str) -> dict[str, str]:
 
 
 def prometheus_files(cfg: FleetConfig, scrapes: list[Scrape]) -> dict[str, str]:
+    """Prometheus's own config and rules; the targets are `prometheus_targets`."""
     return {"/etc/prometheus/prometheus.yml": prometheus_yml(cfg, scrapes),
             "/etc/prometheus/rules/vllm-fleet.yml": alert_rules(cfg)}

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fleet import vllm_command
-from fleet.render.files import nginx_conf, prometheus_files
+from fleet.render.files import nginx_conf, prometheus_files, prometheus_targets
 from fleet.config.schema import FleetConfig
 from fleet.config.load import parse_config
 from fleet.docker.plan import DockerPlan, ReplicaPlan, build_plan
@@ -463,7 +463,9 @@ def data_plane(workdir: Path, *, replicas: int = 2, policy: str = "least_conn", 
         else:
             exporter_port = None
         dp.prometheus_port = free_port()
-        config_path = write_prometheus_tree(prometheus_files(cfg, _prometheus_scrapes(dp, exporter_port)), workdir / "prometheus")
+        scrapes = _prometheus_scrapes(dp, exporter_port)
+        config_path = write_prometheus_tree({**prometheus_files(cfg, scrapes), **prometheus_targets(scrapes)},
+                                            workdir / "prometheus")
         spec = next(s for s in plan.services if s.role == "prometheus")
         args = _adapt_flag(spec.command, "--config.file", str(config_path))
         args = _adapt_flag(args, "--storage.tsdb.path", str(workdir / "prometheus-data"))
