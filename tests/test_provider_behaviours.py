@@ -24,6 +24,7 @@ from fleet.ports import NGINX_UPSTREAM_KEEPALIVE_S, REPLICA_KEEPALIVE_S
 from fleet.render.files import nginx_conf
 from support.dataplane import adapt_nginx_conf, nginx_runtime_dir
 from support.engine import CONTAINER, deleted_while_replacing, input_dependents
+from support.jobs import start_job, wait_job
 from support.processes import free_port, start, stop
 from support.real_tools import promtool, write_prometheus_tree
 from support.stacks import raw_stack, require_tool, run_raw, stack_run
@@ -108,36 +109,27 @@ def test_no_container_relies_on_attach_and_every_job_is_waited_for(stack):
             assert res.inputs["restart"] == "no" and res.inputs["mustRun"] is True, name
 
 
-def run_writer(spec, tmp_path, files: dict[str, str], target) -> tuple[int, bool, str]:
-    """A file writer job's own script on this machine: its upload and target directories under tmp_path."""
-    incoming = tmp_path / "incoming"
+def run_writer(spec, workdir, files: dict[str, str], target) -> tuple[bool, int, str]:
+    """A file writer job's own script on this machine, its uploads and target directory local."""
+    incoming = workdir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
         (incoming / name).write_text(text)
-    mark = tmp_path / "done"
-    script = (spec.command[0].replace(DONE_MARK, str(mark)).replace("/incoming/", f"{incoming}/")
-              .replace(spec.mounts[0].target + "/", f"{target}/"))
-    proc = start([*spec.entrypoint, script], env=dict(os.environ), log_path=tmp_path / "job.log")
-    try:
-        for _ in range(100):
-            if mark.exists() or proc.poll() is not None:
-                break
-            threading.Event().wait(0.1)
-        alive = proc.poll() is None
-    finally:
-        code = stop(proc, timeout=5)
-    return (code if not alive else 0), mark.exists(), (tmp_path / "job.log").read_text()
+    proc, mark, log = start_job(spec, os.environ, workdir,
+                                paths={"/incoming/": f"{incoming}/", spec.mounts[0].target + "/": f"{target}/"})
+    passed = wait_job(proc, mark, timeout=10)
+    return passed, proc.returncode, log.read_text()
 
 
 def test_a_writer_job_that_cannot_write_fails_and_leaves_no_success_mark(tmp_path):
     spec = build_plan(parse_config(raw_stack("local"), "local")).service("nginx-config")
     target = tmp_path / "conf"
     target.mkdir()
-    code, done, log = run_writer(spec, tmp_path / "ok", {"nginx.conf": "events {}\n"}, target)
-    assert done and code == 0 and (target / "nginx.conf").read_text() == "events {}\n", log
+    passed, code, log = run_writer(spec, tmp_path / "ok", {"nginx.conf": "events {}\n"}, target)
+    assert passed and code == 0 and (target / "nginx.conf").read_text() == "events {}\n", log
     missing = tmp_path / "no-such-volume"
-    code, done, log = run_writer(spec, tmp_path / "bad", {"nginx.conf": "events {}\n"}, missing)
-    assert code != 0 and not done and "job failed" in log, log
+    passed, code, log = run_writer(spec, tmp_path / "bad", {"nginx.conf": "events {}\n"}, missing)
+    assert not passed and code != 0 and "job failed" in log, log
 
 
 # --- 3 and 4: what stays up while replicas are replaced -----------------------------------------

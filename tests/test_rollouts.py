@@ -10,9 +10,9 @@ import time
 import pytest
 
 from fleet.config.load import parse_config
-from fleet.docker.jobs import DONE_MARK
 from fleet.docker.plan import build_plan
-from support.processes import free_port, start, stop
+from support.jobs import start_job, wait_job
+from support.processes import free_port, stop
 from support.stacks import raw_stack, run_raw, stack_run
 from test_stack_graphs import rendered_nginx_conf
 
@@ -147,21 +147,13 @@ def test_drain_timeout_is_configurable_and_zero_aborts():
     assert "--shutdown-timeout" not in server.inputs["command"] and server.inputs["destroyGraceSeconds"] == 30
 
 
-def run_job(spec, tmp_path, env_over) -> tuple:
-    """A job's own command (sh, as in its image) on this machine, its success mark under tmp_path."""
-    mark = tmp_path / "job-done"
-    script = spec.command[0].replace(DONE_MARK, str(mark))
-    assert script != spec.command[0]
-    proc = start([*spec.entrypoint, script], env={**os.environ, **spec.env, **env_over}, log_path=tmp_path / "job.log")
-    return proc, mark
-
-
 def test_the_gate_waits_for_the_replica_then_for_nginx_bench_to_expire(tmp_path):
     """Against a loopback server that starts answering only after a while."""
     gate = build_plan(parse_config(raw_stack("local"), "local")).replicas[0].gate
     port = free_port()
     t0 = time.monotonic()
-    proc, mark = run_job(gate, tmp_path, {"FLEET_GATE_URL": f"http://127.0.0.1:{port}/health", "FLEET_GATE_SETTLE_S": "1"})
+    proc, mark, log = start_job(gate, {**os.environ, **gate.env, "FLEET_GATE_URL": f"http://127.0.0.1:{port}/health",
+                                       "FLEET_GATE_SETTLE_S": "1"}, tmp_path)
     server = None
     try:
         time.sleep(3)
@@ -170,15 +162,12 @@ def test_the_gate_waits_for_the_replica_then_for_nginx_bench_to_expire(tmp_path)
         handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not mark.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert mark.exists(), (tmp_path / "job.log").read_text()
+        passed = wait_job(proc, mark, timeout=30)
+        assert passed, log.read_text()
         assert time.monotonic() - t0 >= 3 + 1
-        assert "answers; next replica in 1 s" in (tmp_path / "job.log").read_text()
-        assert proc.poll() is None  # it stays, as the record that the replica is back in rotation
+        assert "answers; next replica in 1 s" in log.read_text()
     finally:
         stop(proc, timeout=5)
         if server is not None:
             server.shutdown()
-    assert proc.returncode == 0  # a stop ends the idle wait at once
+    assert proc.returncode == 0  # it stayed until stopped, and a stop ends its idle wait at once

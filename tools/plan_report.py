@@ -22,6 +22,7 @@ from fleet.config.gpus import GPU_MODELS
 from fleet.capacity.memory import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVERHEAD, MULTI_GPU_OVERHEAD, FleetCapacity,
                                    GiB, ModelMemory)
 from fleet.docker.plan import DockerPlan, build_plan
+from fleet.ports import NGINX_STOP_GRACE_S
 from fleet.k8s.plan import K8sPlan, build_k8s_plan
 from tools.mock_run import read_stack_file, stack_config
 
@@ -175,6 +176,10 @@ def plan_text(cfg: FleetConfig) -> str:
     lines += model_lines(cap)
     lines += ["", *detail_lines(cap), "", "Placement", *placement_lines(plan)]
     lines += ["", "Rollouts (a change that replaces replicas)", *rollout_lines(cfg)]
+    if isinstance(plan, DockerPlan):
+        lines += [f"Load balancer: upstream and Nginx settings reload the running Nginx; a new load_balancer.image, port or "
+                  f"entry script replaces it: downtime from the old one's quit (streams finish, up to {NGINX_STOP_GRACE_S} s) "
+                  "until the new one is healthy. Prometheus is never replaced by replica changes."]
     extra = notes(cap)
     if extra:
         lines += ["", "Notes", *extra]

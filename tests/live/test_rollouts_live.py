@@ -28,6 +28,7 @@ import pytest
 from support.dataplane import StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion
 from support.dataplane import test_config as dataplane_config
 from support.processes import docker_stop, log_tail, start, stop, wait_http
+from support.jobs import start_job, wait_job
 from fleet.render.files import nginx_conf
 
 pytestmark = pytest.mark.live
@@ -195,17 +196,13 @@ def test_scaling_2_3_2_under_load_reloads_one_nginx_and_fails_no_request(plane, 
 
 def run_gate(dp, i: int) -> float:
     """Run replica i's rollout gate (the plan's own command and environment, its URL pointed at
-    the replica here) to completion, as `pulumi up` does before touching the next replica."""
+    the replica here) until it passed, as `pulumi up` waits for it before touching the next replica."""
     gate = dp.plan.replicas[i].gate
     assert gate is not None and gate.role == "rollout-gate"
     env = {**os.environ, **gate.env, "FLEET_GATE_URL": dp.replicas[i].url + "/health"}
-    log = dp.workdir / f"gate-{i}.log"
     t0 = time.monotonic()
-    proc = start([*gate.entrypoint, *gate.command], env=env, log_path=log)
-    try:
-        assert proc.wait(timeout=120) == 0, log_tail(log)
-    finally:
-        stop(proc, timeout=5)
+    proc, mark, log = start_job(gate, env, dp.workdir / f"gate-{i}")
+    assert wait_job(proc, mark, timeout=120), log_tail(log)
     return time.monotonic() - t0
 
 
