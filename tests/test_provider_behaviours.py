@@ -105,7 +105,7 @@ def test_no_container_relies_on_attach_and_every_job_is_waited_for(stack):
         # that failed resource on the next `up` (an init error counts as a change) instead of accepting it.
         assert res.replace_on_changes == ["*"], name
         if "name" not in res.inputs:  # a job
-            assert res.inputs["wait"] is True and res.inputs["healthcheck"]["tests"] == ["CMD", "test", "-f", DONE_MARK], name
+            assert res.inputs["wait"] is True and res.inputs["healthcheck"]["tests"] == ["CMD-SHELL", f"test -f {DONE_MARK}"], name
             assert res.inputs["restart"] == "no" and res.inputs["mustRun"] is True, name
 
 
