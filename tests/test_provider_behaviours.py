@@ -26,9 +26,11 @@ from support.dataplane import adapt_nginx_conf, nginx_runtime_dir
 from support.engine import CONTAINER, deleted_while_replacing, input_dependents
 from support.jobs import start_job, wait_job
 from support.processes import free_port, start, stop
+from support.provider_schema import provider_value
 from support.real_tools import promtool, write_prometheus_tree
 from support.stacks import raw_stack, require_tool, run_raw, stack_run
 from test_k8s_stack_graph import K8S_STACKS, k8s_run
+from test_rollouts import scaled
 from test_stack_graphs import env, labels, uploads
 
 DOCKER_STACKS = ["local", "staging", "prod"]
@@ -37,7 +39,7 @@ SECONDS = {"s": 1, "m": 60, "h": 3600}
 
 
 def seconds(duration: str) -> float:
-    """A Pulumi custom timeout ("720s", "1h30m") in seconds."""
+    """A duration written as h/m/s parts ("720s", "10m0s", "1h30m") in seconds."""
     parts = re.findall(r"(\d+)([smh])", duration)
     assert parts and "".join(n + u for n, u in parts) == duration, duration
     return sum(int(n) * SECONDS[u] for n, u in parts)
@@ -171,13 +173,6 @@ def test_no_monitoring_container_input_uses_a_replicas_outputs(stack):
             assert not used & replica_urns, res.name
 
 
-def scaled(replicas: int):
-    raw = raw_stack("local")
-    raw["models"][0]["replicas"] = replicas
-    raw["hosts"][0]["cpus"] = 2 * replicas
-    return run_raw("local", raw)
-
-
 def test_scaling_changes_only_the_targets_job_never_prometheus(tmp_path):
     require_tool("promtool")
     two, three = scaled(2), scaled(3)
@@ -233,17 +228,14 @@ def test_every_healthcheck_duration_round_trips(stack):
         hc = res.inputs.get("healthcheck")
         for key in ("interval", "timeout", "startPeriod", "startInterval"):
             if hc and key in hc:
-                total = sum(int(n) * SECONDS[u] for n, u in re.findall(r"(\d+)([hms])", hc[key]))
-                assert hc[key] == go_duration(total), f"{name}.{key} = {hc[key]}"
+                assert hc[key] == go_duration(int(seconds(hc[key]))), f"{name}.{key} = {hc[key]}"
 
 
 # --- 7. ssh:// hosts share one SSH connection ---------------------------------------------------
 
 
 def provider_input(res, key):
-    """Provider inputs reach the engine JSON-encoded."""
-    value = res.inputs.get(key)
-    return json.loads(value) if isinstance(value, str) else value
+    return provider_value(res.inputs.get(key))
 
 
 def ssh_stack(ssh_opts):

@@ -17,7 +17,6 @@ from components.k8s.resources import declare
 from fleet.k8s.plan import K8sPlan, Workload
 
 
-
 @dataclass
 class VllmModelArgs:
     plan: K8sPlan
@@ -36,11 +35,11 @@ class VllmModel(pulumi.ComponentResource):
         headless = mf.headless_service(plan, w)
         self.headless_service = declare(f"{name}-pods", headless, base) if headless else None
         self.replica_services = [declare(f"{name}-{i}", mf.replica_service(plan, w, i), base) for i in range(w.max_replicas)]
+        rollout = f"{mf.rollout_timeout_s(plan, w)}s"
         workload_opts = base.merge(pulumi.ResourceOptions(
             depends_on=[*args.fleet.ready, *args.depends_on, *([self.headless_service] if self.headless_service else [])],
             # vLLM downloads and loads weights before it is Ready: Pulumi waits that long per replica.
-            custom_timeouts=pulumi.CustomTimeouts(create=f"{mf.rollout_timeout_s(plan, w)}s",
-                                                  update=f"{mf.rollout_timeout_s(plan, w)}s"),
+            custom_timeouts=pulumi.CustomTimeouts(create=rollout, update=rollout),
             # KEDA owns the replica count of an autoscaled model; Pulumi sets only its starting value.
             ignore_changes=["spec.replicas"] if w.autoscaling else None))
         self.workload = declare(f"{name}-{'group' if w.multi_node else 'set'}", mf.workload(plan, w), workload_opts)

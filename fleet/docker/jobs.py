@@ -18,11 +18,11 @@ from fleet.docker.container_spec import ContainerSpec, HealthCheck
 DONE_MARK = "/tmp/vllm-fleet-job-done"
 
 
-def job_script(script: str, mark: str = DONE_MARK) -> str:
+def job_script(script: str) -> str:
     """`script` run by `sh -eu`; on success, the mark and an idle wait that a stop ends at once."""
     return (f"( set -eu; {script} )\n"
             f"status=$?; if [ $status -ne 0 ]; then echo \"vllm-fleet: job failed (exit $status)\" >&2; exit $status; fi\n"
-            f"touch {mark}; echo 'vllm-fleet: job done'\n"
+            f"touch {DONE_MARK}; echo 'vllm-fleet: job done'\n"
             "trap 'exit 0' TERM INT\n"
             "while :; do sleep 3600 & wait $!; done")
 

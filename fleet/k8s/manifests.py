@@ -8,6 +8,7 @@ the component as Pulumi secrets.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 from typing import Any, Optional
 
@@ -52,6 +53,11 @@ def rollout_timeout_s(plan: "K8sPlan", w: "Workload") -> int:
 CHECKOV_SKIPS = "k8s/checkov-skips.yaml"
 
 
+@functools.lru_cache(maxsize=1)
+def _reviewed_skips() -> tuple[dict, ...]:
+    return tuple(yaml.safe_load(static(CHECKOV_SKIPS))["skips"])
+
+
 def checkov_skips(manifest: Manifest) -> dict[str, str]:
     """The reviewed skips (files/k8s/checkov-skips.yaml) that apply to this object, as checkov's
     own annotations (`checkov.io/skipN: CHECK=comment`), so every checkov run on the cluster's
@@ -61,7 +67,7 @@ def checkov_skips(manifest: Manifest) -> dict[str, str]:
         return {}  # every reviewed skip is about containers: objects without pods need none
     md = manifest["metadata"]
     resource = f"{manifest['kind']}.{md.get('namespace', 'default')}.{md['name']}"
-    checks = [c for skip in yaml.safe_load(static(CHECKOV_SKIPS))["skips"]
+    checks = [c for skip in _reviewed_skips()
               if any(fnmatch.fnmatchcase(resource, pattern) for pattern in skip["resources"]) for c in skip["checks"]]
     # checkov splits the value on "=": the comment must not contain one.
     return {f"checkov.io/skip{i}": f"{check}=reviewed in files/{CHECKOV_SKIPS}"

@@ -154,11 +154,12 @@ def check_resource(typ: str, name: str, inputs: dict[str, Any]) -> list[str]:
         return [f"{name}: no SDK class for resource type {typ}"]
     if typ.startswith("pulumi:providers:"):
         # Provider inputs travel JSON-encoded (all but strings).
-        inputs = {k: _json_or_str(v) for k, v in inputs.items() if k != "version"}
+        inputs = {k: provider_value(v) for k, v in inputs.items() if k != "version"}
     return check_object(inputs, cls, name)
 
 
-def _json_or_str(value: Any) -> Any:
+def provider_value(value: Any) -> Any:
+    """A provider's input as the program set it: provider inputs travel JSON-encoded (all but strings)."""
     if not isinstance(value, str):
         return value
     try:
