@@ -14,10 +14,12 @@ is): the program writes a new nginx.conf into its volume, and it checks and relo
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,7 @@ MAX_TOKENS = 24
 # measured still finishes it inside the window (a fixed 4000 tokens outlasted the 60 s drain on a
 # busy run).
 DRAIN_SHARE = 0.25
+PROMPT_ALLOWANCE = 64  # tokens of the context left to the long generation's prompt
 CLIENTS = 2
 # Between a client's requests: steady load that still leaves a 2-core machine room to restart a
 # replica (without it one restart took over 10 minutes here).
@@ -213,7 +216,12 @@ def in_flight_tokens(dp, r) -> int:
                                       "ignore_eos": True}, headers=dp.auth(), timeout=120)
     assert probe.ok and probe.tokens == 64, (probe.status, probe.error)
     rate = (probe.chunks - 1) / max(probe.arrivals[-1] - probe.arrivals[0], 1e-3)
-    return max(64, int(rate * r.plan.model.drain_timeout_s * DRAIN_SHARE))
+    # A fast machine may decode more in that time than the served context holds (vLLM refuses
+    # max_tokens above it with a 400): then the longest generation the replica accepts.
+    request = urllib.request.Request(r.url + "/v1/models", headers=dp.auth())
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        context = next(m["max_model_len"] for m in json.load(resp)["data"] if m["id"] == dp.model)
+    return max(64, min(int(rate * r.plan.model.drain_timeout_s * DRAIN_SHARE), context - PROMPT_ALLOWANCE))
 
 
 def test_rolling_restart_one_replica_at_a_time_fails_no_request(plane, nginx):
