@@ -220,11 +220,12 @@ class DataPlane:
 
     # -- nginx ---------------------------------------------------------------------------------
     def render_nginx(self, policy: Optional[str] = None, *, listen_port: Optional[int] = None,
-                     status_port: Optional[int] = None, runtime_dir: Optional[Path] = None) -> str:
-        """nginx.conf as the program renders it for these replicas, adapted to loopback (by
-        default: our load balancer's ports and runtime directory)."""
+                     status_port: Optional[int] = None, runtime_dir: Optional[Path] = None,
+                     servers: Optional[list[str]] = None) -> str:
+        """nginx.conf as the program renders it for these replicas (or other `servers`), adapted to
+        loopback (by default: our load balancer's ports and runtime directory)."""
         cfg = with_policy(self.cfg, policy or self.policy)
-        rendered = nginx_conf(cfg, {self.cfg.models[0].name: [r.address for r in self.replicas]})
+        rendered = nginx_conf(cfg, {self.cfg.models[0].name: servers or [r.address for r in self.replicas]})
         return adapt_nginx_conf(rendered, listen_port=listen_port or self.lb_port,
                                 status_port=status_port or self.status_port, runtime_dir=runtime_dir or self.nginx_dir)
 
