@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from support.refusals import assert_refused_before_any_resource, host, model, setk
-from support.stacks import raw_stack
+from support.stacks import raw_stack, run_raw
 from fleet.config.errors import ConfigError
 from tools.mock_run import MockRun
 
@@ -29,7 +29,7 @@ CASES = [
     ("unknown model key (typo)", "local", setk(model, replica=3), "models[0].replica", "did you mean `replicas`"),
     ("unknown host key", "staging", setk(host, gpu_count=2), "hosts[0].gpu_count", "unknown key"),
     ("host name not a DNS label", "local", setk(host, name="My Host"), "hosts[0].name", "pattern"),
-    ("duplicate host names", "prod", lambda r: r["hosts"][2].update(name="h100-a"), "hosts[1].name", "share this name"),
+    ("duplicate host names", "prod", lambda r: r["hosts"][2].update(name="h100-a"), "hosts[2].name", "share this name"),
     ("docker_host with no scheme", "staging", setk(host, docker_host="gpu-staging:2375"), "hosts[0].docker_host", "ssh"),
     ("negative GPU count", "staging", setk(host, gpus=-1), "hosts[0].gpus", ">= 0"),
     ("GPUs without a GPU model", "staging", lambda r: host(r).pop("gpu_model"), "hosts[0].gpu_model", "H100-80GB"),
@@ -91,6 +91,63 @@ CASES = [
     ("models not a list", "local", lambda r: r.update(models={"name": "x"}), "models", "list"),
 ]
 
+# Mistakes between fields: what the plan claims on each host (fleet/docker/ledger.py), the hosts
+# themselves, addresses, secrets, CPU cores and GPU models.
+MON_ON_H100_A = {"host": "h100-a", "bind_address": "10.30.1.11"}
+TOKEN = "hf_" + "Zq8XwP3mK9vL2nR7tY5uB1cD4eF6gH0jAa"  # fake, shaped like a Hugging Face token
+
+
+def two_gpu_models(raw):
+    raw["hosts"] = [{"name": n, "docker_host": f"ssh://deploy@{n}.example", "address": a, "gpus": 4, "gpu_model": g,
+                     "nccl_socket_ifname": "eth0"} for n, a, g in (("gpu-a", "10.0.0.1", "H100-80GB"),
+                                                                  ("gpu-b", "10.0.0.2", "A100-80GB"))]
+    raw["models"] = [{**raw["models"][0], "tensor_parallel_size": 4, "pipeline_parallel_size": 2, "replicas": 1}]
+
+
+BETWEEN_FIELDS = [
+    # ports: every pair of services on one host, published or on the host's network
+    ("LB port on the Nginx status port", "prod", lambda r: (mon(r).update(MON_ON_H100_A), lb(r).update(port=8081)),
+     "load_balancer.port", "port 8081"),
+    ("LB port on the Nginx exporter's", "prod", lambda r: (mon(r).update(MON_ON_H100_A), lb(r).update(port=9113)),
+     "load_balancer.port", "the Nginx exporter"),
+    ("LB port on a GPU exporter's", "prod", setk(lb, host="h100-a", port=9400), "load_balancer.port", "GPU exporter"),
+    ("LB port on a replica's published port", "prod", setk(lb, host="h100-a", port=8000), "load_balancer.port",
+     "replica `llama-70b-0`"),
+    ("LB port on a host-network replica's API", "prod", setk(lb, host="h100-a", port=8001), "load_balancer.port",
+     "replica `qwen-72b-0`"),
+    ("Prometheus on a replica's port", "prod", lambda r: mon(r).update(MON_ON_H100_A, prometheus_port=8000),
+     "monitoring.prometheus_port", "replica `llama-70b-0`"),
+    ("Grafana on a pipeline's rendezvous port", "prod", lambda r: mon(r).update(MON_ON_H100_A, grafana_port=29501),
+     "monitoring.grafana_port", "rendezvous"),
+    # hosts that are one machine
+    ("two hosts at one address", "prod", lambda r: r["hosts"][3].update(address="10.30.1.11"), "hosts[3].address",
+     "same machine as `h100-a`"),
+    ("two hosts through one Docker engine", "prod",
+     lambda r: r["hosts"][2].update(docker_host="ssh://root@H100-A.prod.internal.example:22"), "hosts[2].docker_host",
+     "same machine as `h100-a`"),
+    # addresses
+    ("a host address that is a name", "staging", setk(host, address="gpu-staging.internal"), "hosts[0].address",
+     "not an IP address"),
+    ("an LB bind address that is a name", "local", setk(lb, bind_address="localhost"), "load_balancer.bind_address",
+     "not an IP address"),
+    ("monitoring on all IPv4 interfaces", "local", setk(mon, bind_address="0.0.0.0"), "monitoring.bind_address",
+     "every interface"),
+    ("monitoring on all IPv6 interfaces", "local", setk(mon, bind_address="::"), "monitoring.bind_address",
+     "every interface"),
+    # secrets
+    ("a public API without a key", "staging", lambda r: r.pop("api_key"), "api_key", "no API key"),
+    ("a LoadBalancer Service without a key", "prod-k8s", lambda r: r.pop("api_key"), "api_key", "LoadBalancer Service"),
+    ("a token under a mistyped top-level key", "local", lambda r: r.update(hf_tokn=TOKEN), "hf_tokn",
+     "did you mean `hf_token`"),
+    # CPU fleets
+    ("a CPU host without its core count", "local", lambda r: host(r).pop("cpus"), "hosts[0].cpus", "does not say how many cores"),
+    ("more CPU replicas than cores", "local", setk(host, cpus=1), "hosts[0].cpus", "two would share cores"),
+    # mixed GPUs
+    ("a pipeline that only fits across two GPU models", "staging", two_gpu_models, "models[0].replicas",
+     "hosts of one GPU model"),
+]
+CASES += BETWEEN_FIELDS
+
 
 @pytest.mark.parametrize("case, stack, mutate, key, fragment", CASES, ids=[c[0] for c in CASES])
 def test_a_broken_config_fails_with_one_clear_error_before_any_resource(case, stack, mutate, key, fragment):
@@ -101,6 +158,15 @@ def test_a_broken_config_fails_with_one_clear_error_before_any_resource(case, st
 
 def test_the_catalogue_is_large():
     assert len(CASES) >= 40
+
+
+def test_no_refusal_prints_a_secret():
+    for case, stack, mutate, *_ in CASES:
+        raw = raw_stack(stack)
+        mutate(raw)
+        with pytest.raises(ConfigError) as caught:
+            run_raw(stack, raw)
+        assert TOKEN not in str(caught.value) and "test-stand-in" not in str(caught.value), case
 
 
 def test_a_plain_text_secret_is_refused():

@@ -25,6 +25,7 @@ import yaml
 
 from fleet.config.errors import ConfigError
 from fleet.config.load import parse_config
+from fleet.config.secrets import secret_shapes
 from fleet.docker.plan import NGINX_CONF_UPLOAD
 from fleet.render.templates import HEADER
 from tools.plan_report import plan_text, raw_values
@@ -71,7 +72,9 @@ def command_script(argv: list[str], envs: list[str] | str) -> str:
 
 
 def leaked(files: dict[str, str], secrets: list[str]) -> list[str]:
-    return [f"{path}" for path, content in files.items() for s in secrets if s and s in content]
+    """The files that carry a known secret value or anything shaped like a credential."""
+    return [path for path, content in files.items()
+            if any(s and s in content for s in secrets) or secret_shapes(content)]
 
 
 def render_stack(stack: str, out: Path, passphrase: str | None, stacks_dir: Path | None = None) -> dict[str, str]:

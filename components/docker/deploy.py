@@ -18,7 +18,8 @@ def deploy(cfg: FleetConfig, secrets: Mapping[str, pulumi.Output[str]]) -> dict[
     plan = build_plan(cfg)  # placement and capacity are refused here, before any resource
     hosts = {
         h.name: DockerHost(h.name, DockerHostArgs(
-            h, cfg.stack, volumes=sorted({m.volume for c in plan.containers() if c.host == h.name for m in c.mounts if m.volume})))
+            h, cfg.stack, volumes=sorted({m.volume for c in plan.containers() if c.host == h.name for m in c.mounts if m.volume}),
+            images=plan.image_names(h.name)))
         for h in plan.hosts_used
     }
     # Rolling updates: each replica of a model waits for the previous one, so a change that replaces

@@ -1,7 +1,6 @@
 """DockerHost: one Docker engine of the inventory, its fleet network, volumes and pulled images."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -16,6 +15,7 @@ class DockerHostArgs:
     host: Host
     stack: str
     volumes: list[str] = field(default_factory=list)
+    images: dict[str, str] = field(default_factory=dict)  # reference -> resource name suffix (DockerPlan.image_names)
 
 
 class DockerHost(pulumi.ComponentResource):
@@ -34,14 +34,14 @@ class DockerHost(pulumi.ComponentResource):
             v: docker.Volume(f"{name}-{v}", name=v, opts=self.child_opts.merge(pulumi.ResourceOptions(retain_on_delete=True)))
             for v in args.volumes
         }
+        self._image_names = args.images
         self._images: dict[str, docker.RemoteImage] = {}
         self.register_outputs({"network": self.network.name})
 
     def image(self, ref: str) -> docker.RemoteImage:
         """The pulled image `ref` on this host (one pull per host and reference)."""
         if ref not in self._images:
-            slug = re.sub(r"[^a-z0-9]+", "-", ref.rsplit("/", 1)[-1].lower()).strip("-")
             self._images[ref] = docker.RemoteImage(
-                f"{self._name}-image-{slug}", name=ref, keep_locally=True, opts=self.child_opts.merge(
+                f"{self._name}-image-{self._image_names[ref]}", name=ref, keep_locally=True, opts=self.child_opts.merge(
                     pulumi.ResourceOptions(custom_timeouts=pulumi.CustomTimeouts(create=f"{self.host.pull_timeout_s}s"))))
         return self._images[ref]

@@ -9,6 +9,8 @@ from typing import Any
 
 import pulumi
 
+from fleet.config.secrets import redact
+
 PROJECT = "vllm-fleet"
 
 
@@ -23,7 +25,8 @@ class ConfigError(pulumi.RunError):
 
     def __init__(self, key: str, value: Any, problem: str, allowed: str, fix: str) -> None:
         self.key, self.value, self.problem, self.allowed, self.fix = key, value, problem, allowed, fix
-        super().__init__(
+        # Every message goes through the one redaction path: a token pasted into any key is never printed.
+        super().__init__(redact(
             f"invalid stack config `{PROJECT}:{key}` = {show(value)}: {problem}. "
             f"Allowed: {allowed}. Fix: {fix}."
-        )
+        ))

@@ -4,8 +4,10 @@ Each rule raises one ConfigError naming the key path, the value, what is allowed
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
+from urllib.parse import urlsplit
 
 from fleet.config import images
 from fleet.config.schema import FleetConfig
@@ -34,6 +36,7 @@ def check_config(cfg: FleetConfig) -> None:
     _check_models(cfg)
     if cfg.target == "docker":
         _check_roles_and_ports(cfg)
+    _check_public_api(cfg)
     _check_images(cfg)
 
 
@@ -42,12 +45,45 @@ def _duplicate(names: list[str]) -> str | None:
     return dup[0] if dup else None
 
 
+def _ip(key: str, value: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """Docker publishes ports on IP addresses only: a host name here fails at `pulumi up`."""
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(key, value, "not an IP address", f"an IPv4 or IPv6 address: {what}",
+                          f"set `{key}` to the IP address (resolve the name once, e.g. `getent hosts {value}`)") from None
+
+
+def docker_endpoint(docker_host: str) -> str:
+    """One Docker engine, however its endpoint is written: `ssh://deploy@gpu-1` and
+    `ssh://root@GPU-1:22` reach the same daemon."""
+    url = urlsplit(docker_host)
+    if url.scheme == "unix":
+        return f"unix://{url.path or url.netloc}"
+    default = {"ssh": 22, "tcp": 2375}.get(url.scheme)
+    try:
+        port = url.port or default
+    except ValueError:
+        port = default
+    return f"{url.scheme}://{(url.hostname or '').lower()}:{port}"
+
+
 def _check_hosts(cfg: FleetConfig) -> None:
-    dup = _duplicate([h.name for h in cfg.hosts])
-    if dup:
-        i = [h.name for h in cfg.hosts].index(dup)
-        raise ConfigError(f"hosts[{i}].name", dup, "two hosts share this name", "unique host names",
-                          "rename one of the hosts")
+    # Two entries for one machine would double-book its ports, GPUs and cores, and name containers twice.
+    for field, identity in (("name", lambda h: h.name), ("docker_host", lambda h: docker_endpoint(h.docker_host)),
+                            ("address", lambda h: str(_ip(f"hosts[{cfg.hosts.index(h)}].address", h.address,
+                                                          "the address the other hosts reach this host on")))):
+        seen: dict[str, int] = {}
+        for i, h in enumerate(cfg.hosts):
+            ident = identity(h)
+            if ident in seen:
+                j = seen[ident]
+                problem = ("two hosts share this name" if field == "name" else
+                           f"host `{h.name}` is the same machine as `{cfg.hosts[j].name}` (hosts[{j}]): same {field}")
+                raise ConfigError(f"hosts[{i}].{field}", getattr(h, field), problem,
+                                  f"one inventory entry per machine, each with its own {field}",
+                                  f"remove one of the two entries or correct `hosts[{i}].{field}`")
+            seen[ident] = i
     for i, h in enumerate(cfg.hosts):
         if h.gpus > 0 and h.gpu_model is None:
             raise ConfigError(f"hosts[{i}].gpu_model", None, f"host `{h.name}` has {h.gpus} GPUs but no gpu_model",
@@ -231,6 +267,14 @@ def _check_gpu_generation(cfg: FleetConfig, i: int) -> None:
 
 
 def _check_roles_and_ports(cfg: FleetConfig) -> None:
+    _ip("load_balancer.bind_address", cfg.load_balancer.bind_address, "0.0.0.0 for every interface, or one of its own")
+    if cfg.monitoring.enabled:
+        mon = _ip("monitoring.bind_address", cfg.monitoring.bind_address, "127.0.0.1, reached over SSH")
+        if mon.is_unspecified:
+            raise ConfigError("monitoring.bind_address", cfg.monitoring.bind_address,
+                              "Prometheus (no authentication, admin API on) and Grafana would listen on every interface",
+                              "a loopback address (reach them with `ssh -L`) or one private interface's address",
+                              "set `monitoring.bind_address: 127.0.0.1`")
     names = [h.name for h in cfg.hosts]
     for key, value in (("load_balancer.host", cfg.load_balancer.host), ("monitoring.host", cfg.monitoring.host)):
         if value is not None and value not in names:
@@ -244,6 +288,29 @@ def _check_roles_and_ports(cfg: FleetConfig) -> None:
                 raise ConfigError(key, port, f"port {port} on host `{mon}` is already used by `{taken[(mon, port)]}`",
                                   "a free port on that host", f"change `{key}`")
             taken[(mon, port)] = key
+
+
+def _check_public_api(cfg: FleetConfig) -> None:
+    """Outside `environment: local`, an API anyone on the network can reach must ask for a key."""
+    if cfg.environment == "local" or cfg.has_api_key:
+        return
+    if cfg.target == "kubernetes":
+        service = cfg.kubernetes.service_type
+        if service == "ClusterIP":
+            return
+        where = f"a {service} Service"
+    else:
+        bind = cfg.load_balancer.bind_address
+        try:
+            if ipaddress.ip_address(bind).is_loopback:
+                return
+        except ValueError:
+            pass  # refused as not an IP address
+        where = f"{bind}:{cfg.load_balancer.port} on host `{cfg.lb_host.name}`"
+    raise ConfigError("api_key", None, f"the {cfg.environment} API is published on {where} with no API key: "
+                      "anyone who reaches it can use the fleet", "an API key whenever the API is reachable "
+                      "beyond loopback (or a ClusterIP Service) outside environment local",
+                      f"`pulumi config set --secret api_key \"$(openssl rand -hex 32)\" --stack {cfg.stack}`")
 
 
 def _check_images(cfg: FleetConfig) -> None:

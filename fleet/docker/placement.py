@@ -7,7 +7,7 @@ Rules, in order:
 - A replica stays on one host when any host has enough free GPUs. Among those, the host with the
   fewest replicas of the same model wins (replicas spread for availability), then the one with
   the fewest free GPUs (best fit keeps whole hosts free for large replicas), then config order.
-- Otherwise a pipeline-parallel replica is split into equal parts over hosts
+- Otherwise a pipeline-parallel replica is split into equal parts over hosts of one GPU model
   (fleet.capacity.layout: tensor-parallel groups never cross hosts), the way vLLM serves one
   model across nodes.
 - Each host hands out its lowest free GPU ids, so a replica's GPUs are contiguous when possible.
@@ -110,12 +110,15 @@ def _place_gpu(cfg: FleetConfig, i: int, model: Model, r: int, free: dict[str, l
     for nodes in machine_splits(model)[1:]:
         per = need // nodes
         candidates = sorted((h for h in hosts if len(free[h.name]) >= per), key=rank)
-        if len(candidates) >= nodes:
-            chosen = candidates[:nodes]
-            _require_nccl_nic(cfg, i, chosen)
-            return tuple(Shard(h.name, _take(free, h.name, per), rank_) for rank_, h in enumerate(chosen))
+        # One GPU model per replica: the capacity plan sizes a replica for one model, and a
+        # pipeline runs at the pace of its slowest stage.
+        for gpu in dict.fromkeys(h.gpu_model for h in candidates):
+            chosen = [h for h in candidates if h.gpu_model == gpu][:nodes]
+            if len(chosen) == nodes:
+                _require_nccl_nic(cfg, i, chosen)
+                return tuple(Shard(h.name, _take(free, h.name, per), rank_) for rank_, h in enumerate(chosen))
     left = ", ".join(f"{h}: {len(ids)}" for h, ids in free.items())
-    split = (" and no split of its pipeline stages over hosts fits either" if pp > 1
+    split = (" and no split of its pipeline stages over hosts of one GPU model fits either" if pp > 1
              else "; only pipeline stages (pipeline_parallel_size > 1) can span hosts")
     raise ConfigError(
         f"models[{i}].replicas", model.replicas,

@@ -6,6 +6,7 @@ network per host), otherwise through a port published on the host's inventory ad
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -13,8 +14,10 @@ from fleet import rollout, vllm_command as vc
 from fleet.docker import jobs
 from fleet.capacity.memory import Devices, FleetCapacity, architectures, plan_fleet
 from fleet.capacity.refusals import check_fit, check_models
+from fleet.config.errors import ConfigError
 from fleet.config.schema import FleetConfig, Host, Model
 from fleet.docker.container_spec import ContainerSpec, HealthCheck, Mount, Port
+from fleet.docker.ledger import check_claims, image_resource_names
 from fleet.docker.placement import ReplicaPlacement, place
 from fleet.ports import (DCGM_PORT, GRAFANA_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT,
                          NGINX_STOP_GRACE_S, PROMETHEUS_PORT)
@@ -77,6 +80,10 @@ class DockerPlan:
     def containers(self) -> list[ContainerSpec]:
         return [c for r in self.replicas for c in (*r.containers, *([r.gate] if r.gate else []))] + self.services
 
+    def image_names(self, host: str) -> dict[str, str]:
+        """Image reference -> the Pulumi name suffix of its pull on `host` (fleet.docker.ledger)."""
+        return image_resource_names(c.image for c in self.containers() if c.host == host)
+
 
 def container_name(cfg: FleetConfig, suffix: str) -> str:
     return f"{cfg.stack}-{suffix}"
@@ -108,7 +115,9 @@ def build_plan(cfg: FleetConfig) -> DockerPlan:
             next_port[s.host] += 1
         replicas.append(_replica(cfg, model, p, ports, cpu_slots.get(p.name)))
     services, scrapes = _services(cfg, replicas)
-    return DockerPlan(cfg, placements, capacity, replicas, services, scrapes)
+    plan = DockerPlan(cfg, placements, capacity, replicas, services, scrapes)
+    check_claims(cfg, plan.containers())
+    return plan
 
 
 def devices(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> Devices:
@@ -123,16 +132,23 @@ def devices(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> Devices:
 def _cpu_slots(cfg: FleetConfig, placements: list[ReplicaPlacement]) -> dict[str, str]:
     """Disjoint core ranges for CPU replicas: vLLM's CPU backend otherwise pins every server to core 0."""
     out: dict[str, str] = {}
-    for h in cfg.hosts:
-        if not h.cpus:
-            continue
+    for j, h in enumerate(cfg.hosts):
         mine = [p for p in placements if p.leader.host == h.name and not p.leader.gpu_ids]
         if not mine:
             continue
-        per = max(1, h.cpus // len(mine))
-        for j, p in enumerate(mine):
-            lo = (j * per) % h.cpus
-            out[p.name] = f"{lo}-{min(lo + per, h.cpus) - 1}" if per > 1 else str(lo)
+        count = ", ".join(f"{m}: {n}" for m, n in Counter(p.model for p in mine).items())
+        if not h.cpus:
+            raise ConfigError(f"hosts[{j}].cpus", None, f"host `{h.name}` runs CPU replicas ({count}) but does not say how "
+                              "many cores it has, so they cannot get cores of their own (vLLM pins each to core 0)",
+                              "the host's core count (`nproc`)", f"set `hosts[{j}].cpus`")
+        if len(mine) > h.cpus:
+            raise ConfigError(f"hosts[{j}].cpus", h.cpus, f"host `{h.name}` has {h.cpus} cores for {len(mine)} CPU "
+                              f"replicas ({count}): two would share cores", "at least one core per CPU replica",
+                              "lower the CPU models' replicas, add a CPU host, or correct the core count")
+        per = h.cpus // len(mine)
+        for k, p in enumerate(mine):
+            lo = k * per
+            out[p.name] = f"{lo}-{lo + per - 1}" if per > 1 else str(lo)
     return out
 
 

@@ -10,6 +10,7 @@ import shutil
 import pytest
 
 from fleet.config.errors import PROJECT
+from fleet.config.schema import SECRET_KEYS
 from tools.mock_run import MockRun, read_stack_file, run_program, stack_config
 
 STACKS = ("local", "staging", "prod")
@@ -29,16 +30,20 @@ def stack_secrets(stack: str) -> dict[str, str]:
 
 
 def raw_stack(stack: str) -> dict:
-    """The stack's config values without the project prefix (a deep copy to mutate)."""
+    """The stack's config values without the project prefix (a deep copy to mutate); an encrypted
+    secret is `True` (set), as `parse_config` reads it."""
     doc = read_stack_file(stack)
-    return {k.split(":", 1)[1]: copy.deepcopy(v) for k, v in doc["config"].items() if not isinstance(v, dict) or "secure" not in v}
+    return {k.split(":", 1)[1]: True if isinstance(v, dict) and "secure" in v else copy.deepcopy(v)
+            for k, v in doc["config"].items()}
 
 
 def run_raw(stack: str, raw: dict, secrets: dict[str, str] | None = None, run: MockRun | None = None) -> MockRun:
-    """Run the program with raw config values; `secrets` are passed as Pulumi secrets."""
-    config = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    """Run the program with raw config values; `secrets` (and the secrets `raw` marks as set, with
+    a stand-in value) are passed as Pulumi secrets."""
+    marked = {k: f"test-stand-in-{k}" for k, v in raw.items() if v is True and k in SECRET_KEYS}
+    config = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items() if k not in marked}
     secret_keys = []
-    for k, v in (secrets or {}).items():
+    for k, v in {**marked, **(secrets or {})}.items():
         config[f"{PROJECT}:{k}"] = v
         secret_keys.append(f"{PROJECT}:{k}")
     return run_program(stack, config, secret_keys, run=run)
