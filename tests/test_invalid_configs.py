@@ -182,3 +182,14 @@ def test_a_plain_text_secret_is_refused():
     assert caught.value.key == "api_key"
     assert "sk-plain-text" not in str(caught.value)
     assert "pulumi config set --secret api_key" in str(caught.value)
+
+
+@pytest.mark.parametrize("key, value", [("api_key", ""), ("api_key", "   "), ("api_key", "sk-fleet key\n"),
+                                        ("hf_token", ""), ("grafana_admin_password", "\t")])
+def test_an_empty_or_blank_secret_is_refused_without_showing_it(key, value):
+    run = MockRun("staging")
+    with pytest.raises(ConfigError) as caught:
+        run_raw("staging", raw_stack("staging"), secrets={key: value}, run=run)
+    assert caught.value.key == key and "<secret, not shown>" in str(caught.value)
+    assert value.strip() not in str(caught.value) or not value.strip()
+    assert [r for r in run.resources if r.typ != "pulumi:pulumi:Stack"] == []

@@ -12,14 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 import pulumi
 from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from fleet.config.errors import PROJECT
+from fleet.config.load import StackFile, StackFileError, read_stack_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARK = "[secret]"
@@ -119,28 +118,50 @@ def read_stack_file(stack: str, stacks_dir: Path = ROOT / "stacks") -> dict[str,
     if not path.exists():
         known = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
         raise SystemExit(f"no stack `{stack}`: {path} does not exist (stacks: {', '.join(known)})")
-    return yaml.safe_load(path.read_text()) or {}
+    return read_stack_yaml(path)
 
 
 def stack_config(doc: dict[str, Any], passphrase: Optional[str]) -> tuple[dict[str, str], list[str], dict[str, str]]:
     """Pulumi's config map, its secret keys and the decrypted secret values, from a stack file.
 
     Without the passphrase, secrets get a stand-in value: they are redacted from every output anyway.
+    A passphrase that does not decrypt them is one `StackFileError`, as `pulumi up` refuses it.
     """
     config, secret_keys, plain = {}, [], {}
     cipher = None
+    where = doc.where if isinstance(doc, StackFile) else (lambda key=None: "(stack file)")
+    stack = doc.stack if isinstance(doc, StackFile) else "?"
     if passphrase and doc.get("encryptionsalt"):
-        from pulumi_crypto import PassphraseCipher
+        from pulumi_crypto import PassphraseCipher, PulumiCryptoError
 
-        cipher = PassphraseCipher(passphrase, salt_state=doc["encryptionsalt"])
+        try:
+            cipher = PassphraseCipher(passphrase, salt_state=doc["encryptionsalt"])
+        except PulumiCryptoError:
+            raise StackFileError(where(), f"PULUMI_CONFIG_PASSPHRASE does not decrypt the secrets of stack `{stack}` "
+                                 "(it does not match the file's `encryptionsalt`)",
+                                 "the passphrase the stack's secrets were encrypted with",
+                                 "set PULUMI_CONFIG_PASSPHRASE to this stack's passphrase (its header comment names "
+                                 "the example stacks' one), or unset it to render with stand-in secrets") from None
     for key, value in (doc.get("config") or {}).items():
         if isinstance(value, dict) and set(value) == {"secure"}:
-            text = cipher.decrypt(value["secure"]) if cipher else f"unreadable-secret-{key.split(':')[-1]}"
+            text = _decrypt(cipher, key, value["secure"], where) if cipher else f"unreadable-secret-{key.split(':')[-1]}"
             config[key], plain[key] = text, text
             secret_keys.append(key)
         else:
             config[key] = value if isinstance(value, str) else json.dumps(value)
     return config, secret_keys, plain
+
+
+def _decrypt(cipher: Any, key: str, ciphertext: Any, where: Any) -> str:
+    from pulumi_crypto import PulumiCryptoError
+
+    try:
+        return cipher.decrypt(str(ciphertext))
+    except PulumiCryptoError:
+        raise StackFileError(where(key), f"the secret `{key}` does not decrypt with this stack's passphrase "
+                             "(encrypted for another stack, or damaged)",
+                             "a value encrypted by `pulumi config set --secret` in this stack",
+                             f"set it again: `pulumi config set --secret {key.split(':', 1)[-1]}`") from None
 
 
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),

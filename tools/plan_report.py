@@ -5,12 +5,13 @@ and the sequences of max_model_len that fit at once; then where every replica ru
 ids -> replica) and notes. Reads the stack file only: secrets are not decrypted (only whether they
 are set matters), nothing is deployed. `plan_text(cfg)` is the same text, for the offline render.
 
-Usage: python -m tools.plan_report STACK
+Usage: python -m tools.plan_report STACK [--stacks-dir DIR]
 """
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from fleet import rollout, vllm_command as vc
@@ -18,6 +19,7 @@ from fleet.config import images
 from fleet.config.schema import SECRET_KEYS, FleetConfig
 from fleet.config.load import parse_config
 from fleet.config.errors import PROJECT, ConfigError
+from fleet.config.secrets import SHOWN
 from fleet.config.gpus import GPU_MODELS
 from fleet.capacity.memory import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVERHEAD, MULTI_GPU_OVERHEAD, FleetCapacity,
                                    GiB, ModelMemory)
@@ -37,7 +39,7 @@ def raw_values(doc: dict[str, Any]) -> dict[str, Any]:
             continue
         name = key[len(prefix):]
         if key in secret_keys or name in SECRET_KEYS:
-            raw[name] = True
+            raw[name] = True if name in SECRET_KEYS else SHOWN  # a secret under an unknown key: named, never shown
             continue
         try:
             raw[name] = json.loads(text)
@@ -190,18 +192,22 @@ def plan_text(cfg: FleetConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(stack: str) -> str:
-    return plan_text(parse_config(raw_values(read_stack_file(stack)), stack))
+def report(stack: str, stacks_dir: Path | None = None) -> str:
+    doc = read_stack_file(stack, stacks_dir) if stacks_dir else read_stack_file(stack)
+    return plan_text(parse_config(raw_values(doc), stack))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    stacks_dir = None
+    if len(args) == 3 and args[1] == "--stacks-dir":
+        args, stacks_dir = args[:1], Path(args[2])
     if len(args) != 1 or args[0].startswith("-"):
-        print("usage: python -m tools.plan_report STACK", file=sys.stderr)
+        print("usage: python -m tools.plan_report STACK [--stacks-dir DIR]", file=sys.stderr)
         return 2
     try:
-        text = report(args[0])
-    except ConfigError as err:
+        text = report(args[0], stacks_dir)
+    except ConfigError as err:  # StackFileError too: YAML, namespace and passphrase mistakes
         print(f"error: {err}", file=sys.stderr)
         return 2
     except SystemExit as err:  # read_stack_file: no such stack
