@@ -60,3 +60,16 @@ def test_one_image_through_a_mirror_gets_a_resource_name_of_its_own():
     assert len(images) == len(set(images)), images
     assert sum(n.startswith(("h100-a-image-vllm-openai", "h100-b-image-vllm-openai")) for n in images) == 4, images
     assert "l40s-a-image-vllm-openai-v0-32-0" in images  # alone on its host: the name it always had
+
+
+def test_the_mocks_refuse_two_resources_with_one_urn_as_the_engine_does(monkeypatch):
+    """Every mock run (tests, `make render`, `make plan`) would catch a name derived twice."""
+    import pulumi_docker as docker
+
+    import components.docker.host as host_module
+    from tools.mock_run import DuplicateUrn
+
+    monkeypatch.setattr(host_module.DockerHost, "image", lambda self, ref: docker.RemoteImage(
+        f"{self._name}-image", name=ref, opts=self.child_opts))  # one name for every image of a host
+    with pytest.raises(DuplicateUrn, match="Duplicate resource URN"):
+        run_raw("local", raw_stack("local"))

@@ -92,8 +92,17 @@ class RecordingMonitor(mocks.MockMonitor):
         self.requests: dict[str, Any] = {}
 
     def RegisterResource(self, request):
-        self.requests[self.make_urn(request.parent, request.type, request.name)] = request
+        urn = self.make_urn(request.parent, request.type, request.name)
+        if urn in self.requests:
+            # The engine refuses a second resource with one URN (step_generator.go, diag 2001 in pkg/diag/errors.go);
+            # Pulumi's mocks would accept it.
+            raise DuplicateUrn(f"Duplicate resource URN '{urn}'; try giving it a unique name")
+        self.requests[urn] = request
         return super().RegisterResource(request)
+
+
+class DuplicateUrn(Exception):
+    pass
 
 
 class FleetMocks(pulumi.runtime.Mocks):
