@@ -239,7 +239,7 @@ def assert_program_refuses(stack: str, config: dict[str, str], secret_keys: list
 def test_the_program_refuses_a_misspelled_namespace(namespace):
     config, secret_keys, _ = shipped_config("staging")
     config[f"{namespace}:models"] = config.pop("vllm-fleet:models")
-    err = assert_program_refuses("staging", config, secret_keys, f"did you mean `vllm-fleet:models`")
+    err = assert_program_refuses("staging", config, secret_keys, "did you mean `vllm-fleet:models`")
     assert isinstance(err, StackFileError)
 
 

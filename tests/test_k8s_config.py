@@ -162,7 +162,7 @@ CASES = [
     ("no pool serves a model", setk(pool(0), models=["llama-70b"]), "models[1].name", "no node pool serves"),
     ("a CPU model on the cluster", add_model(name="tiny", device="cpu"), "models[4].device", "GPU models only"),
     ("a model named like another's replica", add_model(name="llama-70b-1", served_model_name="x"), "models[4].name",
-     "collides with the replica addresses"),
+     "collides with model `llama-70b`'s replica addresses"),
     ("bad toleration operator", lambda r: r["kubernetes"]["node_pools"][0]["tolerations"][0].update(operator="In"),
      "kubernetes.node_pools[0].tolerations[0].operator", "'Equal'"),
     ("unknown service type", setk(k8s, service_type="Ingress"), "kubernetes.service_type", "'LoadBalancer'"),

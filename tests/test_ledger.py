@@ -62,14 +62,16 @@ def test_one_image_through_a_mirror_gets_a_resource_name_of_its_own():
     assert "l40s-a-image-vllm-openai-v0-32-0" in images  # alone on its host: the name it always had
 
 
-def test_the_mocks_refuse_two_resources_with_one_urn_as_the_engine_does(monkeypatch):
-    """Every mock run (tests, `make render`, `make plan`) would catch a name derived twice."""
-    import pulumi_docker as docker
+def test_the_mocks_refuse_two_resources_with_one_urn_as_the_engine_does():
+    """Every mock run (tests, `make render`, `make plan`) catches a name derived twice. (Driven at
+    the monitor: a program failing mid-registration would leave registrations pending for the next run.)"""
+    from pulumi.runtime.proto import resource_pb2
 
-    import components.docker.host as host_module
-    from tools.mock_run import DuplicateUrn
+    from tools.mock_run import DuplicateUrn, FleetMocks, MockRun, RecordingMonitor
 
-    monkeypatch.setattr(host_module.DockerHost, "image", lambda self, ref: docker.RemoteImage(
-        f"{self._name}-image", name=ref, opts=self.child_opts))  # one name for every image of a host
+    monitor = RecordingMonitor(FleetMocks(MockRun("local")))
+    request = resource_pb2.RegisterResourceRequest(type="docker:index/volume:Volume", name="local-hf-cache",
+                                                   custom=True)
+    monitor.RegisterResource(request)
     with pytest.raises(DuplicateUrn, match="Duplicate resource URN"):
-        run_raw("local", raw_stack("local"))
+        monitor.RegisterResource(request)

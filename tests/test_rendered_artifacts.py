@@ -13,7 +13,7 @@ from support.stacks import STACKS, require_tool, stack_run, stack_secrets
 from tools.offline_render import render_stack
 from support.real_tools import nginx_test, promtool, write_prometheus_tree
 from support.vllm_cli import parse_serve_args
-from test_stack_graphs import labels, rendered_nginx_conf, unwrap, uploads
+from test_stack_graphs import labels, rendered_nginx_conf, uploads
 
 
 def vllm_command_lines():

@@ -5,25 +5,16 @@ Each rule raises one ConfigError naming the key path, the value, what is allowed
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections import Counter
 from urllib.parse import urlsplit
 
-from fleet.config import images
+from fleet.config import image_refs, images
 from fleet.config.schema import FleetConfig
 from fleet.config.errors import ConfigError
 from fleet.config.gpus import GPU_MODELS, lacks
+from fleet.config.vllm_env import check_env
+from fleet.config.vllm_flags import check_extra_args
 
-# Flags the program derives from the inventory; setting them in extra_args would contradict it.
-MANAGED_FLAGS = (
-    "--host", "--port", "--model", "--tensor-parallel-size", "-tp", "--pipeline-parallel-size", "-pp",
-    "--api-key", "--served-model-name", "--nnodes", "--node-rank", "--master-addr", "--master-port",
-    "--headless", "--distributed-executor-backend", "--dtype", "--quantization", "--max-model-len",
-    "--gpu-memory-utilization", "--speculative-config", "--override-generation-config", "--kv-cache-dtype",
-    "--shutdown-timeout",
-)
-MANAGED_ENV = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "VLLM_API_KEY", "HF_TOKEN", "VLLM_HOST_IP",
-               "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_P2P_DISABLE", "VLLM_CPU_OMP_THREADS_BIND")
 NEEDS_DRAFT_MODEL = ("draft_model", "eagle", "eagle3")
 
 
@@ -147,16 +138,9 @@ def _check_models(cfg: FleetConfig) -> None:
             raise ConfigError(f"{k}.image", None, "runtime seed-otel needs the image built from files/vllm/Dockerfile",
                               "a pinned image reference pushed to your registry",
                               f"`docker build -t REGISTRY/vllm-otel:TAG files/vllm`, push it, set `{k}.image`")
-        for j, arg in enumerate(m.extra_args):
-            flag = arg.split("=", 1)[0]
-            if flag in MANAGED_FLAGS:
-                raise ConfigError(f"{k}.extra_args[{j}]", arg, "this flag is set from the stack config",
-                                  "flags the config does not manage", "use the matching config key instead "
-                                  "(tensor_parallel_size, max_model_len, dtype, quantization, api_key, ...)")
-        for name in m.env:
-            if name in MANAGED_ENV:
-                raise ConfigError(f"{k}.env.{name}", m.env[name], "this variable is derived from the inventory",
-                                  "variables the program does not set", "use the host keys (gpus, nccl_socket_ifname, nvlink) or secrets")
+        # vLLM's own option table (fleet.config.vllm_flags) and the program's environment (vllm_env).
+        check_extra_args(m, i)
+        check_env(m, i)
 
 
 def _check_docker_target(cfg: FleetConfig) -> None:
@@ -217,12 +201,8 @@ def _check_kubernetes(cfg: FleetConfig) -> None:
         if m.device == "cpu":
             raise ConfigError(f"models[{i}].device", "cpu", "the kubernetes target serves GPU models only",
                               "`gpu` on the kubernetes target", "serve CPU models with the docker target")
-        for other in model_names:
-            if re.fullmatch(re.escape(other) + r"-[0-9]+", m.name):
-                # Replica addresses are `vllm-<model>-<index>`: `vllm-<other>-<n>` would name two things.
-                raise ConfigError(f"models[{i}].name", m.name, f"collides with the replica addresses of model `{other}`",
-                                  "model names that are not another model's name followed by -<number>",
-                                  f"rename `{m.name}`")
+        # Names derived from models (`vllm-<model>-<index>`...) are checked against every other object
+        # of the plan by its ledger (fleet.k8s.plan.objects), not here.
     cache = k8s.hf_cache
     if cache.type == "host_path" and not cache.host_path:
         raise ConfigError("kubernetes.hf_cache.host_path", None, "hf_cache type host_path needs the node directory",
@@ -314,14 +294,29 @@ def _check_public_api(cfg: FleetConfig) -> None:
 
 
 def _check_images(cfg: FleetConfig) -> None:
-    if cfg.environment == "local":
-        return
     refs = [(f"models[{i}].image", m.resolved_image) for i, m in enumerate(cfg.models)]
     refs.append(("load_balancer.image", cfg.load_balancer.image))
-    if cfg.monitoring.enabled:
-        refs += [(f"monitoring.{k}", getattr(cfg.monitoring, k)) for k in
-                 ("prometheus_image", "grafana_image", "nginx_exporter_image", "dcgm_exporter_image")]
-    for key, ref in refs:
+    monitoring = [(f"monitoring.{k}", getattr(cfg.monitoring, k)) for k in
+                  ("prometheus_image", "grafana_image", "nginx_exporter_image", "dcgm_exporter_image")]
+    for key, ref in refs + monitoring:  # in every environment: Docker and the kubelet refuse them
+        try:
+            image_refs.parse_ref(ref)
+        except ValueError as e:
+            raise ConfigError(key, ref, f"not a valid image reference: {e}", "[registry[:port]/]repository[:tag][@sha256:<64 hex>]"
+                              ", lower-case repository", f"correct `{key}`, e.g. {images.VLLM_GPU}") from None
+    for i, m in enumerate(cfg.models):
+        old = image_refs.too_old(m)
+        if old:
+            row, release = old
+            have = ".".join(map(str, release))
+            need = ".".join(map(str, row.since))
+            raise ConfigError(f"models[{i}].image", m.resolved_image,
+                              f"vLLM {have} lacks `{row.flag}`, which `{row.key}` adds (vLLM >= {need}; {row.source})",
+                              f"an image of vLLM >= {need}", f"use a newer image (e.g. {images.VLLM_GPU}) or set "
+                              f"`models[{i}].{row.off}`")
+    if cfg.environment == "local":
+        return
+    for key, ref in refs + (monitoring if cfg.monitoring.enabled else []):
         if not images.is_pinned(ref):
             raise ConfigError(key, ref, f"unpinned image in the {cfg.environment} environment",
                               "a version tag other than latest, or an @sha256 digest",

@@ -16,7 +16,9 @@ import yaml
 
 from fleet import rollout, vllm_command as vc
 from fleet.k8s.plan import (
-    API_PORT, SERVICE_PORT_NAME, SHM_PATH, K8sPlan, PodRole, Workload, labels, pod_ports, selector_labels, workload_labels,
+    ALERT_RULES, API_PORT, FLEET_SECRET, HF_CACHE_CLAIM, NGINX_NAME, OTEL_MONITOR, SERVICE_ACCOUNT, SERVICE_PORT_NAME,
+    SHM_PATH, VLLM_MONITOR, K8sPlan, PodRole, Workload, dashboards_name, dcgm_exporter_name, grafana_admin_name, labels,
+    pod_ports, selector_labels, workload_labels,
 )
 from fleet.ports import DCGM_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
 from fleet.render.templates import static
@@ -32,9 +34,6 @@ LWS_NAMESPACE = "lws-system"
 GRAFANA_DASHBOARD_LABEL = "grafana_dashboard"
 GRAFANA_FOLDER_ANNOTATION = "grafana_folder"
 SECRET_KEYS = ("api_key", "hf_token")
-SERVICE_ACCOUNT = "vllm-fleet"  # no API token: nothing in the fleet talks to the Kubernetes API
-FLEET_SECRET = "vllm-fleet-secrets"
-NGINX_NAME = "vllm-fleet-nginx"
 CHECKSUM_ANNOTATION = "vllm-fleet/nginx-conf-sha256"
 PRESTOP_S = 10  # the Service drops a terminating pod before vLLM stops accepting requests
 ROLLOUT_MARGIN_S = 300  # scheduling, image pull of a cached image, container start
@@ -116,9 +115,6 @@ def fleet_secret(plan: K8sPlan, keys: list[str]) -> Manifest:
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": meta(FLEET_SECRET, plan.namespace, labels(plan.cfg, "vllm-fleet", FLEET_SECRET, "secret")),
             "stringData": {k: "" for k in keys}}
-
-
-HF_CACHE_CLAIM = "hf-cache"
 
 
 def hf_cache_claim(plan: K8sPlan) -> Optional[Manifest]:
@@ -498,7 +494,7 @@ def vllm_pod_monitor(plan: K8sPlan) -> Manifest:
         _relabel("host", source=[NODE]),
     ]
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-            "metadata": monitor_meta(plan, "vllm-fleet-vllm", plan.namespace, "monitor"),
+            "metadata": monitor_meta(plan, VLLM_MONITOR, plan.namespace, "monitor"),
             "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/component": "server",
                                                   "vllm-fleet/stack": plan.cfg.stack}},
                      "podMetricsEndpoints": [{"port": SERVICE_PORT_NAME, "path": "/metrics",
@@ -512,7 +508,7 @@ def otel_pod_monitor(plan: K8sPlan) -> Optional[Manifest]:
     relabel = [_relabel("job", "vllm-otel"), _relabel("model", source=["__meta_kubernetes_pod_label_vllm_fleet_model"]),
                _relabel("replica", "$1", source=["__meta_kubernetes_pod_name"], regex="vllm-(.*)"), _relabel("host", source=[NODE])]
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-            "metadata": monitor_meta(plan, "vllm-fleet-vllm-otel", plan.namespace, "monitor"),
+            "metadata": monitor_meta(plan, OTEL_MONITOR, plan.namespace, "monitor"),
             "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "vllm", "app.kubernetes.io/component": "server",
                                                   "vllm-fleet/runtime": "seed-otel", "vllm-fleet/stack": plan.cfg.stack}},
                      "podMetricsEndpoints": [{"port": "otel", "path": "/metrics", "relabelings": relabel}]}}
@@ -523,7 +519,7 @@ def nginx_pod_monitor(plan: K8sPlan) -> Optional[Manifest]:
     if not mon.nginx_exporter:
         return None
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
-            "metadata": monitor_meta(plan, "vllm-fleet-nginx", plan.namespace, "monitor"),
+            "metadata": monitor_meta(plan, NGINX_NAME, plan.namespace, "monitor"),
             "spec": {"selector": {"matchLabels": nginx_selector(plan)},
                      "podMetricsEndpoints": [{"port": "exporter", "path": "/metrics", "interval": f"{mon.scrape_interval_s}s",
                                               "relabelings": [_relabel("job", "nginx"), _relabel("host", source=[NODE])]}]}}
@@ -532,13 +528,13 @@ def nginx_pod_monitor(plan: K8sPlan) -> Optional[Manifest]:
 def prometheus_rule(plan: K8sPlan) -> Manifest:
     """Our alert rules (the same file the Docker target's Prometheus loads), as the operator's CR."""
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": monitor_meta(plan, "vllm-fleet-alerts", plan.namespace, "alert-rules"),
+            "metadata": monitor_meta(plan, ALERT_RULES, plan.namespace, "alert-rules"),
             "spec": {"groups": plan.alert_groups()}}
 
 
 def dashboards_config_map(plan: K8sPlan) -> Manifest:
     """Grafana's dashboard sidecar loads ConfigMaps labelled grafana_dashboard=1."""
-    name = f"{plan.cfg.stack}-grafana-dashboards"
+    name = dashboards_name(plan.cfg.stack)
     m = meta(name, plan.k8s.monitoring.namespace, labels(plan.cfg, "vllm-fleet", name, "dashboards") | {GRAFANA_DASHBOARD_LABEL: "1"},
              {GRAFANA_FOLDER_ANNOTATION: "vLLM fleet"})
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": m,
@@ -546,7 +542,7 @@ def dashboards_config_map(plan: K8sPlan) -> Manifest:
 
 
 def grafana_secret_name(plan: K8sPlan) -> str:
-    return f"{plan.cfg.stack}-grafana-admin"
+    return grafana_admin_name(plan.cfg.stack)
 
 
 def grafana_admin_secret(plan: K8sPlan) -> Manifest:
@@ -586,7 +582,7 @@ def grafana_url(plan: K8sPlan) -> str:
 
 
 def dcgm_name(plan: K8sPlan) -> str:
-    return f"{plan.cfg.stack}-dcgm-exporter"
+    return dcgm_exporter_name(plan.cfg.stack)
 
 
 def dcgm_labels(plan: K8sPlan) -> dict[str, str]:

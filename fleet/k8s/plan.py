@@ -16,6 +16,8 @@ pool once, then asks the capacity planner about exactly those pools.
 - The vLLM command lines come from `fleet.vllm_command.serve_args`, as on Docker; only what the
   cluster decides at run time is left to Kubernetes' `$(VAR)` expansion (the group leader's
   address and the worker index that LeaderWorkerSet injects).
+- Before capacity, the config's Kubernetes strings (fleet.k8s.inputs) and every object's name
+  (`objects`, the ledger: fleet.k8s.ledger) are checked by Kubernetes' own rules and for collisions.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from fleet.capacity.refusals import check_fit, check_models
 from fleet.config.errors import ConfigError
 from fleet.config.gpus import lacks
 from fleet.config.schema import Autoscaling, FleetConfig, Kubernetes, Model, NodePool
+from fleet.k8s import names
+from fleet.k8s.inputs import check_inputs
+from fleet.k8s.ledger import Claim, check_claims
 from fleet.render.files import alert_rules, nginx_conf
 
 API_PORT = vc.API_PORT
@@ -43,6 +48,26 @@ SHM_PATH = "/dev/shm"
 LWS_LEADER_ADDRESS = "$(LWS_LEADER_ADDRESS)"
 LWS_WORKER_INDEX = "$(LWS_WORKER_INDEX)"
 PART_OF = "vllm-fleet"
+# The fleet's own objects: fixed names, so only the ledger (`objects`) keeps a model's from taking them.
+SERVICE_ACCOUNT = "vllm-fleet"  # no API token: nothing in the fleet talks to the Kubernetes API
+FLEET_SECRET = "vllm-fleet-secrets"
+NGINX_NAME = "vllm-fleet-nginx"
+HF_CACHE_CLAIM = "hf-cache"
+VLLM_MONITOR = "vllm-fleet-vllm"
+OTEL_MONITOR = "vllm-fleet-vllm-otel"
+ALERT_RULES = "vllm-fleet-alerts"
+
+
+def dcgm_exporter_name(stack: str) -> str:
+    return f"{stack}-dcgm-exporter"
+
+
+def grafana_admin_name(stack: str) -> str:
+    return f"{stack}-grafana-admin"
+
+
+def dashboards_name(stack: str) -> str:
+    return f"{stack}-grafana-dashboards"
 
 
 @dataclass(frozen=True)
@@ -173,6 +198,7 @@ def workload_labels(plan: K8sPlan, w: Workload, role: str) -> dict[str, str]:
 def build_k8s_plan(cfg: FleetConfig) -> K8sPlan:
     k8s = cfg.kubernetes
     assert k8s is not None and cfg.target == "kubernetes", "build_k8s_plan needs a validated kubernetes stack"
+    check_inputs(cfg)
     archs = architectures(cfg)
     check_models(cfg, archs)
     auto = {a.model: a for a in k8s.autoscaling}
@@ -182,10 +208,103 @@ def build_k8s_plan(cfg: FleetConfig) -> K8sPlan:
         pool = k8s.node_pools[j]
         scaling = auto.get(model.name)
         workloads.append(_workload(cfg, k8s, i, model, j, pool, nodes, scaling))
+    check_claims(objects(cfg, workloads))  # names before capacity: a refused name fails whatever fits
     capacity = plan_fleet(cfg, archs, devices(workloads))
     check_fit(capacity)
     _check_capacity(k8s, workloads)
     return K8sPlan(cfg, k8s, workloads, capacity)
+
+
+# --- the ledger of objects ------------------------------------------------------------------------
+
+NAMESPACE, SERVICE, POD, STATEFULSET = "v1/Namespace", "v1/Service", "v1/Pod", "apps/v1/StatefulSet"
+PDB, NETPOL, CONFIGMAP, SECRET = "policy/v1/PodDisruptionBudget", "networking.k8s.io/v1/NetworkPolicy", "v1/ConfigMap", "v1/Secret"
+SERVICE_ACCOUNT_KIND = "v1/ServiceAccount"
+MONITORING = "monitoring.coreos.com/v1"
+
+
+def objects(cfg: FleetConfig, workloads: list[Workload]) -> list[Claim]:
+    """Every object the Kubernetes components declare (fleet.k8s.manifests), and those their
+    controllers create from them (pods, a LeaderWorkerSet's Service and StatefulSets, KEDA's HPA),
+    as claims for the ledger; the fleet's own come first, so a collision blames the later model."""
+    k8s = cfg.kubernetes
+    assert k8s is not None
+    ns, mon = k8s.namespace, k8s.monitoring
+    claims: list[Claim] = []
+
+    def fleet(kind: str, name: str, what: str, rule: names.Rule = names.DNS_SUBDOMAIN) -> None:
+        claims.append(Claim(kind, ns, name, rule, "kubernetes.namespace", ns, what, named_by_key=False))
+
+    def monitoring(kind: str, name: str, what: str, rule: names.Rule = names.DNS_SUBDOMAIN) -> None:
+        claims.append(Claim(kind, mon.namespace, name, rule, "kubernetes.monitoring.namespace", mon.namespace, what,
+                            named_by_key=False))
+
+    if k8s.create_namespace:
+        claims.append(Claim(NAMESPACE, None, ns, names.DNS_LABEL, "kubernetes.namespace", ns, "the fleet's namespace"))
+    fleet(SERVICE_ACCOUNT_KIND, SERVICE_ACCOUNT, "the fleet's service account")
+    if cfg.has_api_key or cfg.has_hf_token:
+        fleet(SECRET, FLEET_SECRET, "the fleet's Secret (API key, HF token)")
+    if k8s.hf_cache.type == "pvc":
+        fleet("v1/PersistentVolumeClaim", HF_CACHE_CLAIM, "the Hugging Face cache claim")
+    for kind, rule in ((CONFIGMAP, names.DNS_SUBDOMAIN), ("apps/v1/Deployment", names.DNS_SUBDOMAIN),
+                       (SERVICE, names.SERVICE_NAME), (PDB, names.DNS_SUBDOMAIN), (NETPOL, names.DNS_SUBDOMAIN)):
+        fleet(kind, NGINX_NAME, f"the load balancer's {kind.rsplit('/', 1)[1]}", rule)
+    if cfg.monitoring.enabled:
+        install = mon.mode == "kube-prometheus-stack"
+        if install and k8s.create_namespace:
+            claims.append(Claim(NAMESPACE, None, mon.namespace, names.DNS_LABEL, "kubernetes.monitoring.namespace",
+                                mon.namespace, "the monitoring namespace"))
+        if install:
+            monitoring(SECRET, grafana_admin_name(cfg.stack), "Grafana's admin Secret")
+        monitoring(CONFIGMAP, dashboards_name(cfg.stack), "the Grafana dashboards' ConfigMap")
+        fleet(f"{MONITORING}/PodMonitor", VLLM_MONITOR, "the vLLM PodMonitor")
+        if any(w.model.runtime == "seed-otel" for w in workloads):
+            fleet(f"{MONITORING}/PodMonitor", OTEL_MONITOR, "the OpenTelemetry PodMonitor")
+        if cfg.monitoring.nginx_exporter:
+            fleet(f"{MONITORING}/PodMonitor", NGINX_NAME, "the Nginx PodMonitor")
+        fleet(f"{MONITORING}/PrometheusRule", ALERT_RULES, "the alert rules")
+        if cfg.monitoring.gpu_exporter:
+            dcgm = dcgm_exporter_name(cfg.stack)
+            for kind, rule in ((SERVICE_ACCOUNT_KIND, names.DNS_SUBDOMAIN), ("apps/v1/DaemonSet", names.DNS_SUBDOMAIN),
+                               (SERVICE, names.SERVICE_NAME), (NETPOL, names.DNS_SUBDOMAIN),
+                               (f"{MONITORING}/ServiceMonitor", names.DNS_SUBDOMAIN)):
+                monitoring(kind, dcgm, f"the DCGM exporter's {kind.rsplit('/', 1)[1]}", rule)
+    for w in workloads:
+        claims += _model_objects(w)
+    return claims
+
+
+def _model_objects(w: Workload) -> list[Claim]:
+    model = f"model `{w.model.name}`"
+
+    def claim(kind: str, name: str, what: str, rule: names.Rule = names.DNS_SUBDOMAIN) -> Claim:
+        return Claim(kind, w.namespace, name, rule, f"models[{w.model_index}].name", w.model.name, f"{model}'s {what}")
+
+    out = []
+    if w.multi_node:
+        out.append(claim("leaderworkerset.x-k8s.io/v1/LeaderWorkerSet", w.name, "LeaderWorkerSet"))
+        # LeaderWorkerSet names its Service and leader StatefulSet like itself, each group's worker
+        # StatefulSet like the group's leader pod, and the workers `<leader pod>-<index>`.
+        out.append(claim(SERVICE, w.name, "Service of its groups (made by LeaderWorkerSet)", names.SERVICE_NAME))
+        out.append(claim(STATEFULSET, w.name, "leader StatefulSet (made by LeaderWorkerSet)", names.STATEFULSET_NAME))
+        for g in range(w.max_replicas):
+            leader = w.replica_service(g)
+            out.append(claim(STATEFULSET, leader, f"worker StatefulSet of replica {g}", names.STATEFULSET_NAME))
+            out.append(claim(POD, leader, f"leader pod of replica {g}", names.DNS_LABEL))
+            out += [claim(POD, f"{leader}-{k}", f"worker pod {k} of replica {g}", names.DNS_LABEL) for k in range(1, w.nodes)]
+    else:
+        out.append(claim(SERVICE, w.name, "headless Service", names.SERVICE_NAME))
+        out.append(claim(STATEFULSET, w.name, "StatefulSet", names.STATEFULSET_NAME))
+        # A StatefulSet's pod is named `<set>-<ordinal>` and uses that name as its host name: a DNS label.
+        out += [claim(POD, w.replica_service(i), f"pod of replica {i}", names.DNS_LABEL) for i in range(w.max_replicas)]
+    out += [claim(SERVICE, w.replica_service(i), f"replica addresses (Service of replica {i})", names.SERVICE_NAME)
+            for i in range(w.max_replicas)]
+    out.append(claim(PDB, w.name, "PodDisruptionBudget"))
+    out.append(claim(NETPOL, w.name, "NetworkPolicy"))
+    if w.autoscaling:
+        out.append(claim("keda.sh/v1alpha1/ScaledObject", w.name, "ScaledObject"))
+        out.append(claim("autoscaling/v2/HorizontalPodAutoscaler", f"keda-hpa-{w.name}", "HorizontalPodAutoscaler (made by KEDA)"))
+    return out
 
 
 def devices(workloads: list[Workload]) -> Devices:
