@@ -137,7 +137,10 @@ class WatchedNginx:
 @pytest.fixture(scope="module")
 def plane(tmp_path_factory):
     work = tmp_path_factory.mktemp("rollouts")
-    with data_plane(work, cfg=dataplane_config(replicas=3), monitoring=False, replica_env=UNPINNED) as dp:
+    # Three replicas on a 2-core machine: the plan refuses to pin two to one core, and this test
+    # unpins them anyway (UNPINNED), so the host declares a core per replica.
+    cores = max(3, len(os.sched_getaffinity(0)))
+    with data_plane(work, cfg=dataplane_config(replicas=3, cpus=cores), monitoring=False, replica_env=UNPINNED) as dp:
         yield dp
 
 
