@@ -10,13 +10,14 @@ POLICY_VENV := policy/.venv
 
 .PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs pulumi-cli bench
 
-# Debian tools the tests run for real: nginx (nginx -t, the live load balancer), Prometheus
-# (promtool, the live Prometheus) and the Nginx exporter (the dashboard's Nginx panels, live).
+# Debian tools the tests run for real: nginx with its JavaScript module (nginx -t, the live load
+# balancer, model routing), Prometheus (promtool, the live Prometheus) and the Nginx exporter (the
+# dashboard's Nginx panels, live).
 system-deps:
-	@if ! command -v nginx >/dev/null || ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null; then \
-	  echo "installing nginx, prometheus and the nginx exporter (Debian packages)"; \
+	@if ! command -v nginx >/dev/null || ! test -f /usr/lib/nginx/modules/ngx_http_js_module.so || ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null; then \
+	  echo "installing nginx, its njs module, prometheus and the nginx exporter (Debian packages)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light prometheus prometheus-nginx-exporter >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-http-js prometheus prometheus-nginx-exporter >/dev/null; \
 	fi
 
 # The program's own dependencies: all that `make up` needs.

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from fleet.config.schema import FleetConfig, Model
+from fleet.config.schema import HF_CACHE_MOUNT, FleetConfig, Model
 from fleet.ports import REPLICA_KEEPALIVE_S
 
 API_PORT = 8000
 OTEL_PORT = 9464
-HF_HOME = "/root/.cache/huggingface"
+HF_HOME = HF_CACHE_MOUNT
 ENTRYPOINT = ["vllm", "serve"]
 
 
@@ -32,6 +32,22 @@ def speculative_config(model: Model) -> dict | None:
     if spec.prompt_lookup_max is not None:
         out["prompt_lookup_max"] = spec.prompt_lookup_max
     return out
+
+
+def lora_args(model: Model) -> list[str]:
+    """`--enable-lora` and its adapters. Each adapter is one JSON `--lora-modules` value (vLLM's
+    LoRAParserAction reads `name=path` or JSON; JSON also names the parent, which `/v1/models`
+    shows: vLLM keeps base_model_name only when it is a name the replica serves)."""
+    lora = model.lora
+    if lora is None:
+        return []
+    modules = [_json({"name": a.name, "path": a.source, "base_model_name": model.client_model_name})
+               for a in lora.adapters]
+    args = ["--enable-lora", "--lora-modules", *modules,
+            "--max-loras", str(lora.max_loras), "--max-lora-rank", str(lora.max_lora_rank)]
+    if lora.max_cpu_loras is not None:
+        args += ["--max-cpu-loras", str(lora.max_cpu_loras)]
+    return args
 
 
 def generation_overrides(model: Model) -> dict:
@@ -69,6 +85,7 @@ def serve_args(model: Model, *, port: int, bind: str = "0.0.0.0", nodes: int = 1
     spec = speculative_config(model)
     if spec:
         args += ["--speculative-config", _json(spec)]
+    args += lora_args(model)
     overrides = generation_overrides(model)
     if overrides:
         args += ["--override-generation-config", _json(overrides)]

@@ -184,7 +184,7 @@ def test_a_mistake_in_what_vllm_receives_is_refused_before_any_resource(case, st
 ACCEPTED = [
     ("switches and values vLLM accepts", "staging",
      args("--enforce-eager", "-O3", "--max-logprobs", "5", "--scheduling-policy=priority", "--moe-backend", "TRITON",
-          "--enable-sleep-mode", "--compilation-config.mode", "3", "--max_loras=2", "--no-enable-log-requests")),
+          "--enable-sleep-mode", "--compilation-config.mode", "3", "--max_log_len=200", "--no-enable-log-requests")),
     ("the data plane tests' dummy weights", "local", args("--load-format", "dummy")),
     ("a value that looks like a negative number", "staging", args("--seed", "-1")),
     ("decode context parallelism inside the tensor group", "prod", args("-dcp", "2")),

@@ -21,6 +21,7 @@ from fleet.capacity.memory import (GiB, count_params, kv_heads_per_gpu, plan_mod
                                weight_bytes_of_stage)
 from tools.mock_run import ROOT, read_stack_file
 from tools import plan_report
+from support import offline
 from support.stacks import STACKS
 
 SEED = "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -34,13 +35,7 @@ CACHED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def never_fetch(monkeypatch):
-    """No test reaches the Hugging Face hub."""
-    monkeypatch.setenv("VLLM_FLEET_OFFLINE", "1")
-    architecture.fetch_config.cache_clear()
-    yield
-    architecture.fetch_config.cache_clear()
+never_fetch = offline.never_fetch  # autouse: no test reaches the Hugging Face hub
 
 
 def model(**kw) -> Model:

@@ -22,7 +22,7 @@ from fleet.docker.jobs import DONE_MARK
 from fleet.docker.plan import build_plan
 from fleet.ports import NGINX_UPSTREAM_KEEPALIVE_S, REPLICA_KEEPALIVE_S
 from fleet.render.files import nginx_conf
-from support.dataplane import adapt_nginx_conf, nginx_runtime_dir
+from support.dataplane import adapt_nginx_conf, nginx_runtime_dir, write_nginx_files
 from support.engine import CONTAINER, deleted_while_replacing, input_dependents
 from support.jobs import start_job, wait_job
 from support.processes import free_port, start, stop
@@ -318,10 +318,11 @@ def test_real_nginx_keeps_a_long_prompt_in_memory(tmp_path):
                             listen_port=port, status_port=free_port(), runtime_dir=runtime)
     (runtime / "nginx.conf").write_text(conf)
     (runtime / "nginx.conf").chmod(0o644)
+    write_nginx_files(cfg, runtime)
     proc = start([nginx, "-p", str(runtime), "-c", str(runtime / "nginx.conf"), "-g", "daemon off;"],
                  env=dict(os.environ), log_path=tmp_path / "nginx.log")
     try:
-        body = json.dumps({"model": "m", "prompt": "x" * 2_000_000}).encode()  # ~500k tokens of prompt
+        body = json.dumps({"model": cfg.models[0].client_model_name, "prompt": "x" * 2_000_000}).encode()  # ~500k tokens
         for _ in range(100):
             try:
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,

@@ -13,7 +13,7 @@ from support.stacks import STACKS, require_tool, stack_run, stack_secrets
 from tools.offline_render import render_stack
 from support.real_tools import nginx_test, promtool, write_prometheus_tree
 from support.vllm_cli import parse_serve_args
-from test_stack_graphs import labels, rendered_nginx_conf, uploads
+from test_stack_graphs import labels, nginx_beside, rendered_nginx_conf, uploads
 
 
 def vllm_command_lines():
@@ -26,8 +26,8 @@ def vllm_command_lines():
 @pytest.mark.parametrize("stack", STACKS)
 def test_nginx_accepts_the_rendered_config(stack, tmp_path):
     require_tool("nginx")
-    conf = rendered_nginx_conf(stack_run(stack))
-    result = nginx_test(conf, tmp_path)
+    run = stack_run(stack)
+    result = nginx_test(rendered_nginx_conf(run), tmp_path, nginx_beside(run))
     assert result.returncode == 0, result.stderr
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
 
@@ -39,8 +39,9 @@ def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
 
     raw = raw_stack("prod")
     raw["load_balancer"]["policy"] = policy
-    conf = rendered_nginx_conf(run_raw("prod", raw))
-    result = nginx_test(conf, tmp_path)
+    run = run_raw("prod", raw)
+    conf = rendered_nginx_conf(run)
+    result = nginx_test(conf, tmp_path, nginx_beside(run))
     assert result.returncode == 0, result.stderr
     assert ("least_conn;" in conf) == (policy == "least_conn")
     assert ("hash $http_x_session_id consistent;" in conf) == (policy == "session_affinity")

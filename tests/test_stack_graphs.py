@@ -45,6 +45,12 @@ def rendered_nginx_conf(run) -> str:
     return uploads(run.containers()["lb-config"])["/incoming/nginx.conf"]
 
 
+def nginx_beside(run) -> dict[str, str]:
+    """The other files the config job writes beside nginx.conf (fleet.js, models.json), by name."""
+    return {path.removeprefix("/incoming/"): text for path, text in uploads(run.containers()["lb-config"]).items()
+            if path != "/incoming/nginx.conf"}
+
+
 def upstream_servers(stack: str) -> dict[str, list[str]]:
     conf = rendered_nginx_conf(stack_run(stack))
     blocks = re.findall(r"upstream (\S+) \{(.*?)\}", conf, re.S)

@@ -13,15 +13,16 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from fleet.config.schema import (
-    SECRET_KEYS, Autoscaling, FleetConfig, HfCache, Host, K8sMonitoring, Kubernetes, LoadBalancer, Model, Monitoring,
-    NodePool, Sampling, Speculative, Toleration,
+    SECRET_KEYS, Adapter, Autoscaling, FleetConfig, HfCache, Host, K8sMonitoring, Kubernetes, LoadBalancer, Lora, Model,
+    Monitoring, NodePool, Sampling, Speculative, Toleration,
 )
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("", FleetConfig), ("hosts[]", Host), ("models[]", Model), ("models[].speculative", Speculative),
-    ("models[].sampling", Sampling), ("load_balancer", LoadBalancer), ("monitoring", Monitoring),
+    ("models[].sampling", Sampling), ("models[].lora", Lora), ("models[].lora.adapters[]", Adapter),
+    ("load_balancer", LoadBalancer), ("monitoring", Monitoring),
     ("kubernetes", Kubernetes), ("kubernetes.node_pools[]", NodePool), ("kubernetes.node_pools[].tolerations[]", Toleration),
     ("kubernetes.hf_cache", HfCache), ("kubernetes.monitoring", K8sMonitoring), ("kubernetes.autoscaling[]", Autoscaling),
 ]

@@ -26,14 +26,15 @@ import yaml
 from fleet.config.errors import ConfigError
 from fleet.config.load import parse_config
 from fleet.config.secrets import secret_shapes
-from fleet.docker.plan import NGINX_CONF_UPLOAD
+from fleet.docker.plan import UPLOAD_DIR
+from fleet.render.files import NGINX_CONF, NGINX_JS, NGINX_MODELS
 from fleet.render.templates import HEADER
 from tools.plan_report import plan_text, raw_values
 from tools.mock_run import MOCK_GENERATED_PASSWORD, SECRET_MARK, MockRun, is_secret, read_stack_file, run_program, stack_config
 
 CONTAINER = "docker:index/container:Container"
 # Where an upload is written when its container path would say little to a reviewer.
-FRIENDLY = {("nginx-config", NGINX_CONF_UPLOAD): "nginx/nginx.conf"}
+FRIENDLY = {("nginx-config", f"{UPLOAD_DIR}/{n}"): f"nginx/{n}" for n in (NGINX_CONF, NGINX_JS, NGINX_MODELS)}
 
 
 def artifacts(run: MockRun) -> dict[str, str]:
@@ -157,8 +158,8 @@ def k8s_artifacts(run: MockRun) -> dict[str, str]:
     for m in k8s_manifests(run):
         files[manifest_path(m)] = dump(m)
         kind, name = m["kind"], m["metadata"]["name"]
-        if kind == "ConfigMap" and "nginx.conf" in m.get("data", {}):
-            files["nginx/nginx.conf"] = m["data"]["nginx.conf"]
+        if kind == "ConfigMap" and NGINX_CONF in m.get("data", {}):
+            files.update({f"nginx/{n}": text for n, text in m["data"].items()})
         if kind == "PrometheusRule":
             files["prometheus/rules/vllm-fleet.yml"] = dump({"groups": m["spec"]["groups"]})
         templates = {}

@@ -100,17 +100,22 @@ def detail_lines(cap: FleetCapacity) -> list[str]:
         out.append(f"{m.name}: {m.hf_id} ({a.model_type}, {a.num_hidden_layers} layers, hidden {a.hidden_size}, "
                    f"{a.num_attention_heads} heads / {a.num_key_value_heads} KV heads x {a.head_dim}, vocab {a.vocab_size:,}; "
                    f"architecture from {a.source})")
+        if m.lora:
+            out.append(f"  LoRA: {len(m.lora.adapters)} adapter(s) ({', '.join(m.adapter_names)}); {m.lora.max_loras} "
+                       f"slot(s) of rank {m.lora.max_lora_rank} on every layer")
         for p in cap.plans.get(i, {}).values():
+            lora = f" + LoRA slots {_gib(p.lora_bytes_per_gpu)}" if m.lora else ""
+            host = f"; host cache of adapters up to {_gib(p.lora_host_bytes)}" if m.lora else ""
             if p.device == "cpu":
-                out.append(f"  CPU: weights {_gib(p.weight_bytes)} in RAM; KV cache = cpu_kvcache_space_gib "
-                           f"{m.cpu_kvcache_space_gib} GiB at {p.kv_bytes_per_token:,} B/token, blocks of {CPU_BLOCK_SIZE}")
+                out.append(f"  CPU: weights {_gib(p.weight_bytes)}{lora} in RAM; KV cache = cpu_kvcache_space_gib "
+                           f"{m.cpu_kvcache_space_gib} GiB at {p.kv_bytes_per_token:,} B/token, blocks of {CPU_BLOCK_SIZE}{host}")
                 continue
             draft = f" (draft {p.draft} included)" if p.draft else ""
             out.append(
                 f"  {p.device}: {GPU_MODELS[p.device].cuda_total_gib} GiB x gpu_memory_utilization "
                 f"{m.gpu_memory_utilization} = {_gib(p.memory_per_gpu)} per GPU = weights {_gib(p.weight_bytes_per_gpu)}"
-                f"{draft} + activations/CUDA graphs {_gib(p.overhead_per_gpu)} + KV {_gib(p.kv_budget_per_gpu)}; "
-                f"KV {p.kv_bytes_per_token_per_gpu:,} B/token per GPU, blocks of {GPU_BLOCK_SIZE}")
+                f"{draft}{lora} + activations/CUDA graphs {_gib(p.overhead_per_gpu)} + KV {_gib(p.kv_budget_per_gpu)}; "
+                f"KV {p.kv_bytes_per_token_per_gpu:,} B/token per GPU, blocks of {GPU_BLOCK_SIZE}{host}")
     return out
 
 
@@ -188,7 +193,8 @@ def plan_text(cfg: FleetConfig) -> str:
     lines += ["", "How: parameters and KV bytes/token from each model's config.json; weights split over tp x pp as vLLM "
                   "shards them; KV budget = GPU memory x gpu_memory_utilization - weights - activations/CUDA graphs "
                   f"({GPU_FIXED_OVERHEAD / GiB:.2f} GiB + the larger of max_num_seqs x vocab float32 logits and one prefill chunk's MLP activations"
-                  f", + {MULTI_GPU_OVERHEAD / GiB:.1f} GiB with several GPUs); CPU: cpu_kvcache_space_gib."]
+                  f", + {MULTI_GPU_OVERHEAD / GiB:.1f} GiB with several GPUs) - LoRA slots (max_loras x max_lora_rank x "
+                  "(inputs + outputs of every wrapped layer) x dtype bytes); CPU: cpu_kvcache_space_gib."]
     return "\n".join(lines) + "\n"
 
 

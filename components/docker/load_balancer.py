@@ -8,10 +8,10 @@ import pulumi
 
 from components.docker.container import container
 from components.docker.host import DockerHost
-from fleet.render.files import nginx_conf
+from fleet.render.files import NGINX_CONF, nginx_files
 from fleet.config.schema import FleetConfig
 from fleet.docker.container_spec import ContainerSpec
-from fleet.docker.plan import NGINX_CONF_UPLOAD
+from fleet.docker.plan import UPLOAD_DIR
 
 
 @dataclass
@@ -34,17 +34,18 @@ class NginxLoadBalancer(pulumi.ComponentResource):
         flat = [e for m in models for e in args.upstreams[m]]
         sizes = [len(args.upstreams[m]) for m in models]
 
-        def conf(endpoints: list[str]) -> str:
+        def files(endpoints: list[str]) -> dict[str, str]:
             grouped, i = {}, 0
             for m, n in zip(models, sizes):
                 grouped[m], i = endpoints[i:i + n], i + n
-            return nginx_conf(args.cfg, grouped)
+            return nginx_files(args.cfg, grouped)
 
-        self.nginx_conf = pulumi.Output.all(*flat).apply(conf)
+        nginx = pulumi.Output.all(*flat).apply(files)
+        self.nginx_conf = nginx.apply(lambda f: f[NGINX_CONF])
         # A new upstream list replaces only the one-shot writer; the running Nginx sees the file
         # change and reloads gracefully, so its container (and its connections) stay.
         self.config_writer = container(f"{name}-config", args.config_spec, args.host, self, {},
-                                       uploads=self.nginx_conf.apply(lambda c: {NGINX_CONF_UPLOAD: c}),
+                                       uploads=nginx.apply(lambda f: {f"{UPLOAD_DIR}/{n}": c for n, c in f.items()}),
                                        depends_on=args.replicas)
         self.container = container(f"{name}-nginx", args.spec, args.host, self, {}, depends_on=[self.config_writer])
         lb = args.cfg.load_balancer

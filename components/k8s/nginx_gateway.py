@@ -10,6 +10,7 @@ from fleet.k8s import manifests as mf
 from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
 from fleet.k8s.plan import K8sPlan
+from fleet.render.files import NGINX_CONF
 
 
 @dataclass
@@ -26,9 +27,10 @@ class NginxGateway(pulumi.ComponentResource):
     def __init__(self, name: str, args: NginxGatewayArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("vllm-fleet:k8s:NginxGateway", name, None, opts)
         plan = args.plan
-        conf = plan.nginx_conf()
+        files = plan.nginx_files()
+        conf = files[NGINX_CONF]  # names fleet.js's and models.json's digests: the checksum covers all three
         base = args.fleet.child_opts.merge(pulumi.ResourceOptions(parent=self))
-        self.config_map = declare(f"{name}-conf", mf.nginx_config_map(plan, conf), base)
+        self.config_map = declare(f"{name}-conf", mf.nginx_config_map(plan, files), base)
         self.deployment = declare(f"{name}-nginx", mf.nginx_deployment(plan, conf), base.merge(pulumi.ResourceOptions(
             depends_on=[self.config_map, args.fleet.service_account, *args.replica_services])))
         self.service = declare(f"{name}-service", mf.nginx_service(plan), base)

@@ -13,6 +13,8 @@ Per model and replica, from the model's architecture (fleet.capacity.architectur
 - the KV budget per GPU, as vLLM computes it: the GPU's memory x gpu_memory_utilization, minus the
   weights, minus what the profiling run and CUDA graphs hold (`gpu_overhead_bytes`); on a CPU
   replica exactly `cpu_kvcache_space_gib` (VLLM_CPU_KVCACHE_SPACE);
+- LoRA adapter slots (`lora`), which vLLM allocates with the weights (they are part of "Model
+  loading took"): `lora_bytes_of_stage`;
 - the tokens that fit (whole KV blocks: 16 tokens on GPUs, 128 on vLLM's CPU backend) and the
   sequences of max_model_len that fit at once (vLLM's "Maximum concurrency").
 
@@ -225,6 +227,64 @@ def total_weight_bytes(a: Architecture, p: Precision) -> int:
     return weight_bytes_of_stage(a, p, 1, a.num_hidden_layers, True, True, 1)
 
 
+# --- LoRA adapter slots ---------------------------------------------------------------------------
+
+# Architectures whose vLLM 0.32 class lists `embedding_modules` (embed_tokens, lm_head): LoRA also
+# wraps their input embeddings and their logits (lm_head). Checked against vLLM's classes in the tests.
+LORA_EMBEDDING_ARCHITECTURES = (
+    "LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "MixtralForCausalLM", "Phi3ForCausalLM",
+    "GraniteForCausalLM",
+)
+
+
+def lora_elements_per_rank(a: Architecture, tp: int, layers: int, first: bool, last: bool) -> int:
+    """LoRA slot elements per unit of rank, per adapter slot, on one GPU of a stage holding `layers`.
+
+    vLLM 0.32 (vllm/lora/layers/, LoRAModelManager._create_lora_modules) wraps every linear layer
+    of the model and gives each wrapper, per slot, lora_a (max_lora_rank x its input) and lora_b
+    (its output x max_lora_rank), zeroed at startup, in the model's dtype:
+    - column-parallel layers (q/k/v, gate/up) keep their whole input per packed slice (q, k, v:
+      3 x hidden) and the GPU's shard of their output;
+    - row-parallel layers (o, down) take the GPU's shard of their input and their whole output;
+    - an MoE layer holds every expert's gate/up/down the same way (3 x hidden + 3 x the expert's
+      intermediate shard each), plus its router (hidden + experts);
+    - architectures in LORA_EMBEDDING_ARCHITECTURES also wrap the embeddings (vocabulary + hidden)
+      on the first stage and the logits (hidden + vocabulary) on the last."""
+    h, d = a.hidden_size, a.head_dim
+    q = a.num_attention_heads // tp * d
+    kv = kv_heads_per_gpu(a, tp) * d
+    attention = 3 * h + q + 2 * kv + q + h
+    if a.num_experts:
+        mlp = a.num_experts * (3 * h + 3 * (a.moe_intermediate_size // tp)) + h + a.num_experts
+        if a.shared_expert_intermediate_size:
+            mlp += 3 * h + 3 * (a.shared_expert_intermediate_size // tp)
+    else:
+        inter = a.intermediate_size // tp
+        mlp = 3 * h + 3 * inter if a.gated_mlp else 2 * h + 2 * inter
+    total = layers * (attention + mlp)
+    if set(a.architectures) & set(LORA_EMBEDDING_ARCHITECTURES):
+        total += (a.vocab_size + h if first else 0) + (h + a.vocab_size if last else 0)
+    return total
+
+
+def lora_bytes_of_stage(m: Model, a: Architecture, p: Precision, tp: int, layers: int, first: bool, last: bool) -> int:
+    """GPU memory vLLM reserves for `m.lora`'s adapter slots on one GPU of a stage: max_loras x
+    max_lora_rank x the elements above x the LoRA dtype's bytes (auto: the model's dtype)."""
+    if m.lora is None:
+        return 0
+    per_rank = lora_elements_per_rank(a, tp, layers, first, last)
+    return m.lora.max_loras * m.lora.max_lora_rank * per_rank * DTYPE_BYTES[p.weight_dtype]
+
+
+def lora_host_bytes(m: Model, a: Architecture, p: Precision) -> int:
+    """At most what vLLM's host-side adapter cache holds: max_cpu_loras adapters (each at most
+    max_lora_rank on every layer, unsharded); the adapters' real size decides."""
+    if m.lora is None:
+        return 0
+    per_rank = lora_elements_per_rank(a, 1, a.num_hidden_layers, True, True)
+    return m.lora.cpu_slots * m.lora.max_lora_rank * per_rank * DTYPE_BYTES[p.weight_dtype]
+
+
 # --- the plan of one model on one kind of GPU (or on a CPU) ---------------------------------------
 
 
@@ -251,6 +311,8 @@ class ModelMemory:
     max_model_len: int
     max_num_seqs: int
     draft: Optional[str] = None  # the draft model included in the figures, if any
+    lora_bytes_per_gpu: int = 0  # LoRA adapter slots on the fullest GPU (CPU: in RAM), beside the weights
+    lora_host_bytes: int = 0  # at most, the host-side cache of max_cpu_loras adapters
 
     @property
     def kv_tokens(self) -> int:
@@ -289,6 +351,7 @@ def plan_model(m: Model, a: Architecture, device: str, draft: Optional[Architect
     parts = pp_partitions(a.num_hidden_layers, pp)
     weights = [weight_bytes_of_stage(a, p, tp, n, s == 0, s == pp - 1, pp) for s, n in enumerate(parts)]
     kv_token = [kv_bytes_per_token_of_stage(a, p, tp, n) for n in parts]
+    lora = [lora_bytes_of_stage(m, a, p, tp, n, s == 0, s == pp - 1) for s, n in enumerate(parts)]
     if draft is not None:  # vLLM runs the draft with the target's tp, on the first stage's GPUs
         dp = precision(m.model_copy(update={"quantization": None}), draft, gpu)
         weights[0] += weight_bytes_of_stage(draft, dp, tp, draft.num_hidden_layers, True, True, 1)
@@ -303,7 +366,7 @@ def plan_model(m: Model, a: Architecture, device: str, draft: Optional[Architect
     else:
         memory = int(gpu.cuda_total_gib * GiB * m.gpu_memory_utilization)
         overhead = gpu_overhead_bytes(m, a, p, device)
-        budgets = [memory - w - overhead for w in weights]
+        budgets = [memory - w - lb - overhead for w, lb in zip(weights, lora)]
         block = GPU_BLOCK_SIZE
         max_num_seqs = m.max_num_seqs or vllm_batch_defaults(device)[0]
     num_blocks = max(0, min(b // (block * t) for b, t in zip(budgets, kv_token)))
@@ -319,6 +382,7 @@ def plan_model(m: Model, a: Architecture, device: str, draft: Optional[Architect
         kv_bytes_per_token_per_gpu=kv_token[tight],
         block_size=block, num_blocks=num_blocks, max_model_len=max_len, max_num_seqs=max_num_seqs,
         draft=draft.hf_id if draft is not None else None,
+        lora_bytes_per_gpu=max(lora), lora_host_bytes=lora_host_bytes(m, a, p),
     )
 
 

@@ -10,8 +10,8 @@ from typing import Optional
 
 from fleet.capacity import architecture as arch_mod
 from fleet.capacity.architecture import Architecture
-from fleet.capacity.memory import (NOT_IN_PINNED_VLLM, PREQUANTIZED, FleetCapacity, GiB, ModelMemory, count_params,
-                                   plan_model)
+from fleet.capacity.memory import (LORA_EMBEDDING_ARCHITECTURES, NOT_IN_PINNED_VLLM, PREQUANTIZED, FleetCapacity, GiB,
+                                   ModelMemory, count_params, plan_model)
 from fleet.config import images
 from fleet.config.errors import ConfigError
 from fleet.config.gpus import GPU_MODELS, MIN_CAPABILITY
@@ -27,6 +27,7 @@ def check_models(cfg: FleetConfig, archs: list[Architecture]) -> None:
         _check_context(i, m, archs[i])
         _check_quantization(cfg, i, m, archs[i])
         _check_speculative(i, m, archs[i])
+        _check_lora(i, m, archs[i])
 
 
 def check_fit(cap: FleetCapacity) -> None:
@@ -174,6 +175,18 @@ def _check_speculative(i: int, m: Model, a: Architecture) -> None:
             f"`{a.hf_id}` ({count_params(a) / 1e9:.2f} B): drafting would be slower than decoding",
             "a draft model much smaller than the target (typically 10-50x fewer parameters)",
             f"set `{k}.model` to a small model of the same family, or use method ngram")
+
+
+# LogitsProcessorWithLoRA.create_lora_weights (vLLM 0.32) refuses larger vocabularies.
+LORA_MAX_VOCAB = 258048
+
+
+def _check_lora(i: int, m: Model, a: Architecture) -> None:
+    if m.lora and set(a.architectures) & set(LORA_EMBEDDING_ARCHITECTURES) and a.vocab_size > LORA_MAX_VOCAB:
+        raise ConfigError(f"models[{i}].lora", f"{len(m.lora.adapters)} adapter(s)",
+                          f"vLLM's LoRA wraps the logits of {a.architectures[0]} and refuses a vocabulary of "
+                          f"{a.vocab_size:,} (at most {LORA_MAX_VOCAB:,})", "no LoRA adapters on this model",
+                          f"remove `models[{i}].lora` (merge the adapter into a copy of the model instead)")
 
 
 def _gib(n: float) -> str:

@@ -11,6 +11,10 @@ VLLM_GPU = f"vllm/vllm-openai:v{VLLM_VERSION}"
 VLLM_CPU = f"public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v{VLLM_VERSION}"
 
 NGINX = "nginx:1.28.0-alpine"
+# Its JavaScript module (njs 0.8.10; docker-nginx's stable/alpine Dockerfile installs
+# nginx-module-njs), where nginx.org's packages put modules (`--modules-path`); the `-slim` images
+# have none. Debian's libnginx-mod-http-js installs it at the same path.
+NGINX_NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
 NGINX_EXPORTER = "nginx/nginx-prometheus-exporter:1.4.2"
 PROMETHEUS = "prom/prometheus:v2.53.4"
 GRAFANA = "grafana/grafana-oss:11.6.0"

@@ -5,11 +5,13 @@ Each rule raises one ConfigError naming the key path, the value, what is allowed
 from __future__ import annotations
 
 import ipaddress
+import posixpath
+import re
 from collections import Counter
 from urllib.parse import urlsplit
 
 from fleet.config import image_refs, images
-from fleet.config.schema import FleetConfig
+from fleet.config.schema import HF_CACHE_MOUNT, HF_ID, FleetConfig, Model
 from fleet.config.errors import ConfigError
 from fleet.config.gpus import GPU_MODELS, lacks
 from fleet.config.vllm_env import check_env
@@ -138,9 +140,66 @@ def _check_models(cfg: FleetConfig) -> None:
             raise ConfigError(f"{k}.image", None, "runtime seed-otel needs the image built from files/vllm/Dockerfile",
                               "a pinned image reference pushed to your registry",
                               f"`docker build -t REGISTRY/vllm-otel:TAG files/vllm`, push it, set `{k}.image`")
+        if m.lora is not None:
+            _check_lora(cfg, i)
         # vLLM's own option table (fleet.config.vllm_flags) and the program's environment (vllm_env).
         check_extra_args(m, i)
         check_env(m, i)
+
+
+def _check_lora(cfg: FleetConfig, i: int) -> None:
+    """One model's adapters: names no other model or adapter answers to (the load balancer routes
+    by them), sources vLLM can load in every replica, and the limits vLLM 0.32 checks at startup."""
+    m = cfg.models[i]
+    lora = m.lora
+    k = f"models[{i}].lora"
+    taken: dict[str, str] = {}  # a name clients (or /models/<name>/ routes) use -> who answers to it
+    for other in cfg.models:
+        taken.setdefault(other.client_model_name, f"the served name of model `{other.name}`")
+        taken.setdefault(other.name, f"the name of model `{other.name}` (its `/models/{other.name}/` route)")
+    for n, other in enumerate(cfg.models[:i]):
+        for j, a in enumerate(other.adapter_names):
+            taken.setdefault(a, f"an adapter of model `{other.name}` (models[{n}].lora.adapters[{j}])")
+    for j, adapter in enumerate(lora.adapters):
+        key = f"{k}.adapters[{j}]"
+        if adapter.name in taken:
+            raise ConfigError(f"{key}.name", adapter.name, f"already {taken[adapter.name]}: a request for it "
+                              "could reach only one of them", "adapter names used by no model and no other adapter "
+                              "in the fleet", f"rename the adapter (e.g. `{m.name}-{adapter.name}`)")
+        taken[adapter.name] = f"an adapter of model `{m.name}` ({key})"
+        _check_adapter_source(m, f"{key}.source", adapter.source)
+    if lora.max_cpu_loras is not None and lora.max_cpu_loras < lora.max_loras:
+        raise ConfigError(f"{k}.max_cpu_loras", lora.max_cpu_loras, f"below max_loras ({lora.max_loras}): vLLM "
+                          "refuses it (LoRAConfig)", f"max_cpu_loras >= {lora.max_loras}, or unset (= max_loras)",
+                          f"raise `{k}.max_cpu_loras` or remove it")
+    spec = m.speculative
+    if spec is not None and m.max_num_batched_tokens and m.max_num_seqs:
+        need = m.max_num_seqs * (spec.num_speculative_tokens + 1)
+        if m.max_num_batched_tokens < need:
+            raise ConfigError(f"models[{i}].max_num_batched_tokens", m.max_num_batched_tokens,
+                              f"with LoRA and speculative decoding vLLM refuses fewer batched tokens than max_num_seqs "
+                              f"x (num_speculative_tokens + 1) = {need} (EngineArgs.create_engine_config)",
+                              f">= {need}", f"raise `models[{i}].max_num_batched_tokens` or lower max_num_seqs")
+
+
+def _check_adapter_source(m: Model, key: str, source: str) -> None:
+    """vLLM reads an absolute path as it is and anything else as a Hugging Face repository id
+    (vllm.lora.utils.get_adapter_absolute_path); a path must be one every replica has."""
+    if not source.startswith("/"):
+        if re.match(HF_ID, source) and ".." not in source and "--" not in source:
+            return
+        raise ConfigError(key, source, "neither a Hugging Face id nor an absolute path", "`org/name` (a Hugging Face "
+                          f"adapter repository) or an absolute path under {HF_CACHE_MOUNT}/",
+                          "write the repository id `org/name`, or the adapter directory's absolute path")
+    if posixpath.normpath(source) != source.rstrip("/") or source.startswith("//"):
+        raise ConfigError(key, source, "not a normalised path (`..`, `.` or `//`)", "an absolute path without `.`, `..` "
+                          "or `//` components", f"write `{posixpath.normpath(source)}`")
+    if not m.image and not source.startswith(HF_CACHE_MOUNT + "/"):
+        raise ConfigError(key, source, f"outside the replicas' Hugging Face cache mount ({HF_CACHE_MOUNT}): the "
+                          "official image has no such directory", f"a path under {HF_CACHE_MOUNT}/ (the host's "
+                          "`hf_cache_dir`, the Docker volume or the cluster's cache claim), or a Hugging Face id",
+                          f"copy the adapter into the cache (e.g. `<hf_cache_dir>/adapters/NAME` is "
+                          f"`{HF_CACHE_MOUNT}/adapters/NAME`), use its Hugging Face id, or build an `image` that holds it")
 
 
 def _check_docker_target(cfg: FleetConfig) -> None:

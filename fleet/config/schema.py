@@ -13,6 +13,10 @@ from fleet.config import images
 from fleet.config.gpus import GPU_MODELS
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"
+HF_ID = r"^[\w.-]+/[\w.-]+$"
+# Where the replicas' Hugging Face cache is mounted (a host directory, a Docker volume or the
+# cluster's claim): every replica of a model sees the same files there.
+HF_CACHE_MOUNT = "/root/.cache/huggingface"
 SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password")
 TOP_LEVEL_KEYS = ("target", "hosts", "kubernetes", "models", "load_balancer", "monitoring", "nccl_debug", "environment")
 K8S_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
@@ -74,6 +78,32 @@ class Speculative(Strict):
     prompt_lookup_max: Optional[int] = Field(None, ge=1, le=16, description="n-gram window (method ngram).")
 
 
+# vLLM 0.32's LoRAConfig: `max_lora_rank` is one of these (MaxLoRARanks), 16 by default; `max_loras` 1.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+ADAPTER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$"
+
+
+class Adapter(Strict):
+    name: str = Field(pattern=ADAPTER_NAME, description="Name clients send as `model` to use the adapter; unique in the fleet.")
+    source: str = Field(description="Hugging Face id `org/name` (downloaded into the replicas' cache), or an absolute path "
+                        f"under the cache mount `{HF_CACHE_MOUNT}/` (a custom `image` may hold it elsewhere).")
+
+
+class Lora(Strict):
+    adapters: list[Adapter] = Field(min_length=1, description="The LoRA adapters served beside the model (`--lora-modules`).")
+    max_loras: int = Field(1, ge=1, description="Adapters one batch may mix (`--max-loras`); each one holds GPU memory "
+                           "for the largest rank on every layer.")
+    max_lora_rank: Literal[LORA_RANKS] = Field(  # type: ignore[valid-type]
+        16, description="Largest adapter rank (`--max-lora-rank`); sizes the GPU memory reserved per adapter slot.")
+    max_cpu_loras: Optional[int] = Field(
+        None, ge=1, description="Adapters kept loaded in host memory (`--max-cpu-loras`); default: max_loras.")
+
+    @property
+    def cpu_slots(self) -> int:
+        """vLLM's LoRAConfig: max_cpu_loras defaults to max_loras."""
+        return self.max_cpu_loras or self.max_loras
+
+
 class Sampling(Strict):
     temperature: Optional[float] = Field(None, ge=0, le=2, description="Default temperature.")
     top_p: Optional[float] = Field(None, gt=0, le=1, description="Default nucleus sampling mass.")
@@ -86,7 +116,7 @@ class Sampling(Strict):
 
 class Model(Strict):
     name: str = Field(pattern=DNS_LABEL, description="Short name; names the replicas and the `/models/<name>/` route.")
-    hf_id: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="Hugging Face model id, `org/name`.")
+    hf_id: str = Field(pattern=HF_ID, description="Hugging Face model id, `org/name`.")
     served_model_name: Optional[str] = Field(None, description="Name clients send as `model`; default: hf_id.")
     revision: Optional[str] = Field(None, description="Model revision (commit) to pin.")
     device: Literal["gpu", "cpu"] = Field("gpu", description="`gpu`, or `cpu` (the vLLM CPU image on hosts with gpus: 0).")
@@ -109,6 +139,7 @@ class Model(Strict):
     trust_remote_code: bool = Field(False, description="Allow the model repository's own code.")
     speculative: Optional[Speculative] = Field(None, description="Speculative decoding (`--speculative-config`).")
     sampling: Sampling = Field(default_factory=Sampling, description="Server-side default sampling (`--override-generation-config`).")
+    lora: Optional[Lora] = Field(None, description="LoRA adapters served with the model (`--enable-lora`; object below).")
     image: Optional[str] = Field(None, description="Container image; default: the pinned official vLLM image for the device.")
     runtime: Literal["official", "seed-otel"] = Field(
         "official", description="`seed-otel`: the seed's image (files/vllm) with OpenTelemetry metrics on port 9464; needs `image`."
@@ -135,6 +166,17 @@ class Model(Strict):
     @property
     def client_model_name(self) -> str:
         return self.served_model_name or self.hf_id
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """The names clients send as `model` to reach one of this model's LoRA adapters."""
+        return [a.name for a in self.lora.adapters] if self.lora else []
+
+    @property
+    def client_names(self) -> list[str]:
+        """Every name a client may send as `model` to reach this model's replicas: its served
+        name, then its adapters' names."""
+        return [self.client_model_name, *self.adapter_names]
 
     @property
     def resolved_image(self) -> str:
@@ -273,6 +315,11 @@ class FleetConfig(Strict):
     # Secrets are not part of the typed config: only whether they are set.
     has_api_key: bool = False
     has_hf_token: bool = False
+
+    def client_names(self) -> dict[str, list[str]]:
+        """Model `name` -> every name a client may send as `model` for it (served name first, then
+        its adapters), in config order; the load balancer routes each to that model's replicas."""
+        return {m.name: m.client_names for m in self.models}
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)

@@ -250,7 +250,8 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
                                 interval_s=10, timeout_s=5, retries=3, start_period_s=10),
         labels=labels(cfg, "nginx"), start_timeout_s=60, stop_grace_s=NGINX_STOP_GRACE_S,
     ),
-        # Writes each new nginx.conf into the volume the running Nginx watches (see fleet-nginx.sh).
+        # Writes each new nginx.conf (and fleet.js, models.json beside it) into the volume the
+        # running Nginx watches (see fleet-nginx.sh).
         _file_writer(cfg, "nginx-config", lb, cfg.load_balancer.image, conf_volume, NGINX_CONF_DIR)]
     scrapes = [Scrape("vllm", r.metrics_target, {"model": r.model.name, "replica": r.name, "host": r.host})
                for r in replicas]

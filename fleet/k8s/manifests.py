@@ -364,9 +364,10 @@ def nginx_labels(plan: K8sPlan) -> dict[str, str]:
     return labels(plan.cfg, "nginx", NGINX_NAME, "load-balancer")
 
 
-def nginx_config_map(plan: K8sPlan, conf: str) -> Manifest:
+def nginx_config_map(plan: K8sPlan, files: dict[str, str]) -> Manifest:
+    """nginx.conf and the files it reads beside it (fleet/render/files.py `nginx_files`)."""
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(NGINX_NAME, plan.namespace, nginx_labels(plan)),
-            "data": {"nginx.conf": conf}}
+            "data": dict(files)}
 
 
 def conf_checksum(conf: str) -> str:

@@ -38,7 +38,7 @@ from fleet.config.schema import Autoscaling, FleetConfig, Kubernetes, Model, Nod
 from fleet.k8s import names
 from fleet.k8s.inputs import check_inputs
 from fleet.k8s.ledger import Claim, check_claims
-from fleet.render.files import alert_rules, nginx_conf
+from fleet.render.files import alert_rules, nginx_files
 
 API_PORT = vc.API_PORT
 MASTER_PORT = 29500  # every pod has its own IP: one fixed rendezvous port is enough
@@ -162,9 +162,9 @@ class K8sPlan:
     def upstreams(self) -> dict[str, list[str]]:
         return {w.model.name: w.endpoints for w in self.workloads}
 
-    def nginx_conf(self) -> str:
+    def nginx_files(self) -> dict[str, str]:
         """The same renderer as the Docker target, with the replicas' Service addresses."""
-        return nginx_conf(self.cfg, self.upstreams())
+        return nginx_files(self.cfg, self.upstreams())
 
     def alert_rules(self) -> str:
         return alert_rules(self.cfg)

@@ -1,20 +1,28 @@
-"""Rendered configuration files: nginx.conf, Prometheus config and rules, Grafana provisioning.
+"""Rendered configuration files: nginx.conf with its model routing table (models.json) and
+script (fleet.js), Prometheus config and rules, Grafana provisioning.
 
 Pure functions of plain values. The components call them inside `Output.apply` with the
 replicas' real endpoints; the offline render and the tests call them with the planned ones.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from fleet.config.images import NGINX_NJS_MODULE
 from fleet.config.schema import FleetConfig
 from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT, NGINX_UPSTREAM_KEEPALIVE_S
-from fleet.render.templates import render, static
+from fleet.render.templates import HEADER, render, static
 
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards"
 PROMETHEUS_TARGETS_DIR = "/etc/prometheus/targets"
+# Nginx's files, all in one directory (NGINX_CONF_DIR in the containers). Docker's writer job copies
+# them in name order and Nginx reloads when nginx.conf changes: the two it reads sort before it.
+NGINX_JS = "fleet.js"
+NGINX_MODELS = "models.json"
+NGINX_CONF = "nginx.conf"
 
 
 @dataclass
@@ -30,8 +38,42 @@ def upstream_name(model: str) -> str:
     return "vllm_" + model.replace("-", "_")
 
 
-def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> str:
-    """`upstreams` maps each model name to its replicas' `host:port`, in replica order."""
+def nginx_models(cfg: FleetConfig) -> str:
+    """models.json, fleet.js's table: every name a client may send as `model` -> its upstream
+    (`routes`), and the cards GET /v1/models answers (`models`, vLLM's ModelCard fields but
+    `created`, which fleet.js stamps per request).
+
+    The list is the config's, not gathered from the replicas: it answers while a model's replicas
+    restart, costs no request to any of them, and is what routing accepts, so the two never
+    disagree. LoRA adapters are more names routed to their base model's upstream."""
+    routes: dict[str, str] = {}
+    cards: list[dict] = []
+    for m in cfg.models:
+        card = {"id": m.client_model_name, "object": "model", "owned_by": "vllm", "root": m.hf_id, "parent": None}
+        if m.max_model_len:
+            card["max_model_len"] = m.max_model_len
+        cards.append(card)
+        routes[m.client_model_name] = upstream_name(m.name)
+        for adapter in m.lora.adapters if m.lora else []:
+            cards.append({"id": adapter.name, "object": "model", "owned_by": "vllm", "root": adapter.source,
+                          "parent": m.client_model_name})
+            routes[adapter.name] = upstream_name(m.name)
+    return json.dumps({"managed_by": HEADER, "routes": routes, "models": cards}, indent=1) + "\n"
+
+
+def nginx_files(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module: str = NGINX_NJS_MODULE) -> dict[str, str]:
+    """Everything Nginx reads, file name -> content, to be written into one directory."""
+    return {NGINX_JS: static(f"nginx/{NGINX_JS}"), NGINX_MODELS: nginx_models(cfg),
+            NGINX_CONF: nginx_conf(cfg, upstreams, njs_module=njs_module)}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module: str = NGINX_NJS_MODULE) -> str:
+    """`upstreams` maps each model name to its replicas' `host:port`, in replica order;
+    `njs_module` is where the image keeps Nginx's JavaScript module."""
     lb = cfg.load_balancer
     default = cfg.models[0].name
     blocks = [{"name": upstream_name(m.name), "servers": upstreams[m.name],
@@ -39,6 +81,8 @@ def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> str:
     largest = max(len(s) for s in upstreams.values())
     return render(
         "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
+        njs_module=njs_module, js_file=NGINX_JS, models_file=NGINX_MODELS,
+        js_sha256=_sha256(static(f"nginx/{NGINX_JS}")), models_sha256=_sha256(nginx_models(cfg)),
         policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
         fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, keepalive_timeout_s=NGINX_UPSTREAM_KEEPALIVE_S,
         listen_port=NGINX_PORT,

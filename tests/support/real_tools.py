@@ -3,7 +3,22 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+
+from fleet.config.images import NGINX_NJS_MODULE
+
+
+# Debian's libnginx-mod-http-js (njs 0.7.9) installs the module where nginx.org's images keep theirs.
+DEBIAN_NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+
+
+def debian_njs(conf: str) -> str:
+    """The rendered nginx.conf loading Debian's njs module instead of the image's."""
+    out, n = re.subn(rf"^load_module {re.escape(NGINX_NJS_MODULE)};$", f"load_module {DEBIAN_NJS_MODULE};", conf, flags=re.M)
+    if n != 1:
+        raise AssertionError(f"expected one `load_module {NGINX_NJS_MODULE};` in the rendered nginx.conf, found {n}")
+    return out
 
 
 def upstream_hosts(conf: str) -> list[str]:
@@ -12,12 +27,15 @@ def upstream_hosts(conf: str) -> list[str]:
     return sorted({n for n in names if not re.fullmatch(r"[0-9.]+", n)})
 
 
-def nginx_test(conf: str, workdir: Path) -> subprocess.CompletedProcess:
-    """`nginx -t` on `conf`. Upstream names resolve through a private /etc/hosts (a mount
-    namespace of our own), because nginx resolves them while parsing, as it does at startup."""
+def nginx_test(conf: str, workdir: Path, beside: Mapping[str, str]) -> subprocess.CompletedProcess:
+    """`nginx -t` on `conf` (loading Debian's njs module), with the files it reads `beside` it
+    (name -> content). Upstream names resolve through a private /etc/hosts (a mount namespace of
+    our own), because nginx resolves them while parsing, as it does at startup."""
     workdir.mkdir(parents=True, exist_ok=True)
+    for name, text in beside.items():
+        (workdir / name).write_text(text)
     conf_path = workdir / "nginx.conf"
-    conf_path.write_text(conf)
+    conf_path.write_text(debian_njs(conf))
     hosts = workdir / "hosts"
     entries = [f"127.0.1.{i + 1} {name}" for i, name in enumerate(upstream_hosts(conf))]
     hosts.write_text("\n".join(["127.0.0.1 localhost", *entries]) + "\n")

@@ -1,0 +1,178 @@
+// managed by vllm-fleet: shipped as is next to nginx.conf (njs >= 0.7.8: js_preload_object).
+//
+// One OpenAI base URL for the whole fleet: each request under /v1/ is routed by the `model` its
+// body names. The table comes from models.json (rendered from the stack config and preloaded by
+// nginx.conf as `fleet_models`, shared read-only by all requests): `routes` maps every name a
+// client may send (a model's served name, a LoRA adapter's name) to its upstream, `models` is the
+// list GET /v1/models answers. This file never changes with the config, so a config change
+// touches only models.json and nginx.conf.
+//
+// Kept to njs 0.7.9 (Debian 12's libnginx-mod-http-js, the tests' Nginx); the pinned image
+// ships a newer njs (0.8.10 in nginx:1.28.0-alpine). njs starts a fresh VM per request: nothing
+// here keeps state between requests.
+//
+// Keys: today the replicas check the client's key (vLLM's --api-key), so a request routed to a
+// replica is checked there, and anything Nginx answers itself (the model list, an error that
+// names models) first asks a replica whether the key is good (`refusal`). Per-key checks done
+// here (a key's hash, the models it may use) replace `refusal` and run in `route` before the
+// redirect; the limits stay in nginx.conf (`limit_req`/`limit_conn` in `@fleet_upstream`, keyed
+// on a js_var this module sets).
+
+var ERROR_TYPE = 'invalid_request_error';
+
+function fail(r, status, message, param, code) {
+    r.headersOut['Content-Type'] = 'application/json';
+    r.return(status, JSON.stringify({error: {message: message, type: ERROR_TYPE, param: param, code: code}}));
+}
+
+function names() {
+    return Object.keys(fleet_models.routes);
+}
+
+// Each upstream once, the first model's first.
+function upstreams() {
+    var seen = [];
+    var all = names();
+    for (var i = 0; i < all.length; i++) {
+        var up = fleet_models.routes[all[i]];
+        if (seen.indexOf(up) < 0) {
+            seen.push(up);
+        }
+    }
+    return seen;
+}
+
+// null when the client's key opens /v1/models on a replica (the first upstream that answers
+// below 500), else that replica's answer (401 for a missing or wrong key; 502 when none is up).
+async function refusal(r) {
+    var ups = upstreams();
+    var reply;
+    for (var i = 0; i < ups.length; i++) {
+        reply = await r.subrequest('/_fleet/auth/' + ups[i], {method: 'GET'});
+        if (reply.status < 500) {
+            break;
+        }
+    }
+    return reply.status === 200 ? null : reply;
+}
+
+function passOn(r, reply) {
+    r.headersOut['Content-Type'] = reply.headersOut['Content-Type'] || 'application/json';
+    r.return(reply.status, reply.responseText || '');
+}
+
+// An error Nginx answers itself, once the key is known good (it may name the fleet's models).
+async function refuse(r, status, message, param, code) {
+    var denied = await refusal(r);
+    if (denied) {
+        passOn(r, denied);
+        return;
+    }
+    fail(r, status, message, param, code);
+}
+
+function available() {
+    return 'Available models: ' + names().join(', ') + '.';
+}
+
+function hasRoute(name) {
+    // The preloaded object has no prototype: an own property is the only kind a name can match.
+    return Object.prototype.hasOwnProperty.call(fleet_models.routes, name);
+}
+
+// The `model` field of a multipart/form-data body (the audio endpoints), or undefined.
+function multipartModel(r) {
+    var body = r.requestBuffer;
+    if (!body) {
+        return undefined;
+    }
+    var field = body.indexOf('name="model"');
+    if (field < 0) {
+        return undefined;
+    }
+    var start = body.indexOf('\r\n\r\n', field);
+    var end = start < 0 ? -1 : body.indexOf('\r\n', start + 4);
+    return end < 0 ? undefined : body.slice(start + 4, end).toString();
+}
+
+// The name the client asked for: a string, undefined when the request names none, or null after
+// an error was answered.
+function requestedModel(r) {
+    var type = r.headersIn['Content-Type'] || '';
+    if (type.toLowerCase().indexOf('multipart/form-data') === 0) {
+        return multipartModel(r);
+    }
+    var text = r.requestText;
+    if (!text) {
+        return undefined;  // GET, DELETE, an empty POST
+    }
+    var body;
+    try {
+        body = JSON.parse(text);
+    } catch (e) {
+        refuse(r, 400, 'We could not parse the JSON body of your request: ' + e.message, null, null);
+        return null;
+    }
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+        refuse(r, 400, 'The request body must be a JSON object.', null, null);
+        return null;
+    }
+    if (body.model === undefined || body.model === null) {
+        return undefined;
+    }
+    if (typeof body.model !== 'string') {
+        refuse(r, 400, '`model` must be a string. ' + available(), 'model', null);
+        return null;
+    }
+    return body.model;
+}
+
+// js_content of /v1/: pick the upstream by the body's model, then hand the request (its body
+// already in memory) to @fleet_upstream, which proxies with the server's settings.
+function route(r) {
+    var name = requestedModel(r);
+    if (name === null) {
+        return;
+    }
+    if (name === undefined) {
+        if (upstreams().length !== 1) {
+            refuse(r, 400, 'You must provide a model parameter. ' + available(), 'model', null);
+            return;
+        }
+        name = names()[0];  // one model: a request without `model` reaches it, as vLLM itself allows
+    }
+    if (!hasRoute(name)) {
+        refuse(r, 404, 'The model `' + name + '` does not exist. ' + available(), 'model', 'model_not_found');
+        return;
+    }
+    r.variables.fleet_model = name;
+    r.variables.fleet_upstream = fleet_models.routes[name];
+    r.internalRedirect('@fleet_upstream');
+}
+
+// js_content of GET /v1/models: the fleet's models and adapters from the config, in OpenAI's list
+// shape (see nginx_models in fleet/render/files.py for why not the replicas' own lists).
+async function models(r) {
+    var denied = await refusal(r);
+    if (denied) {
+        passOn(r, denied);
+        return;
+    }
+    if (r.method !== 'GET' && r.method !== 'HEAD') {
+        r.headersOut['Allow'] = 'GET, HEAD';
+        fail(r, 405, 'Method Not Allowed', null, null);
+        return;
+    }
+    var created = Math.floor(Date.now() / 1000);
+    var cards = fleet_models.models;
+    var data = [];
+    for (var i = 0; i < cards.length; i++) {
+        var card = JSON.parse(JSON.stringify(cards[i]));  // a mutable copy of the preloaded card
+        card.created = created;
+        data.push(card);
+    }
+    r.headersOut['Content-Type'] = 'application/json';
+    r.return(200, JSON.stringify({object: 'list', data: data}));
+}
+
+export default {route, models};
