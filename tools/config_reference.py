@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from fleet.config.schema import (
-    SECRET_KEYS, Adapter, Autoscaling, FleetConfig, HfCache, Host, K8sMonitoring, Kubernetes, LoadBalancer, Lora, Model,
-    Monitoring, NodePool, Sampling, Speculative, Toleration,
+    INTERNAL_FIELDS, SECRET_KEYS, Adapter, Autoscaling, ClientKey, FleetConfig, HfCache, Host, K8sMonitoring, Kubernetes,
+    LoadBalancer, Lora, Model, Monitoring, NodePool, Sampling, Speculative, Toleration,
 )
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -22,16 +22,19 @@ BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("", FleetConfig), ("hosts[]", Host), ("models[]", Model), ("models[].speculative", Speculative),
     ("models[].sampling", Sampling), ("models[].lora", Lora), ("models[].lora.adapters[]", Adapter),
-    ("load_balancer", LoadBalancer), ("monitoring", Monitoring),
+    ("load_balancer", LoadBalancer), ("load_balancer.keys[]", ClientKey), ("monitoring", Monitoring),
     ("kubernetes", Kubernetes), ("kubernetes.node_pools[]", NodePool), ("kubernetes.node_pools[].tolerations[]", Toleration),
     ("kubernetes.hf_cache", HfCache), ("kubernetes.monitoring", K8sMonitoring), ("kubernetes.autoscaling[]", Autoscaling),
 ]
 SECRET_DOCS = {
     "hf_token": "Hugging Face token for gated models (`pulumi config set --secret hf_token`).",
-    "api_key": "API key vLLM requires on `/v1` (`VLLM_API_KEY`); clients send `Authorization: Bearer`.",
+    "api_key": "API key vLLM requires on `/v1` (`VLLM_API_KEY`); clients send `Authorization: Bearer` (with "
+               "`load_balancer.keys`, only Nginx uses it: clients send their own keys).",
     "grafana_admin_password": "Grafana admin password; generated (random, a secret output) when not set.",
+    "client_keys": "Client API keys by name, for `load_balancer.keys` (`pulumi config set --secret --path "
+                   "'client_keys.NAME' KEY`, 32+ characters); Nginx keeps only their SHA-256.",
 }
-INTERNAL = {"stack", "has_api_key", "has_hf_token"}
+INTERNAL = set(INTERNAL_FIELDS)
 
 
 def _type(annotation: Any) -> str:

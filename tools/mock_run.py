@@ -156,9 +156,27 @@ def stack_config(doc: dict[str, Any], passphrase: Optional[str]) -> tuple[dict[s
             text = _decrypt(cipher, key, value["secure"], where) if cipher else f"unreadable-secret-{key.split(':')[-1]}"
             config[key], plain[key] = text, text
             secret_keys.append(key)
+        elif _has_secure(value):
+            # `pulumi config set --secret --path 'a.b'`: secure leaves inside an object make the whole key a secret.
+            def leaf(v: Any, path: str) -> Any:
+                if isinstance(v, dict) and set(v) == {"secure"}:
+                    text = _decrypt(cipher, key, v["secure"], where) if cipher else f"unreadable-secret-{path}-" + "x" * 32
+                    plain[f"{key}.{path}"] = text
+                    return text
+                if isinstance(v, dict):
+                    return {k: leaf(x, f"{path}.{k}" if path else k) for k, x in v.items()}
+                return [leaf(x, f"{path}[{i}]") for i, x in enumerate(v)] if isinstance(v, list) else v
+            config[key] = json.dumps(leaf(value, ""))
+            secret_keys.append(key)
         else:
             config[key] = value if isinstance(value, str) else json.dumps(value)
     return config, secret_keys, plain
+
+
+def _has_secure(value: Any) -> bool:
+    if isinstance(value, dict):
+        return set(value) == {"secure"} or any(_has_secure(v) for v in value.values())
+    return isinstance(value, list) and any(_has_secure(v) for v in value)
 
 
 def _decrypt(cipher: Any, key: str, ciphertext: Any, where: Any) -> str:

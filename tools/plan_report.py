@@ -40,6 +40,8 @@ def raw_values(doc: dict[str, Any]) -> dict[str, Any]:
         name = key[len(prefix):]
         if key in secret_keys or name in SECRET_KEYS:
             raw[name] = True if name in SECRET_KEYS else SHOWN  # a secret under an unknown key: named, never shown
+            if name == "client_keys" and text.startswith("{"):
+                raw[name] = list(json.loads(text))  # set with --path: the names are plain, only the keys are secret
             continue
         try:
             raw[name] = json.loads(text)

@@ -25,7 +25,8 @@ from pydantic import BaseModel
 from fleet.config.errors import PROJECT, ConfigError
 from fleet.config.rules import check_config
 from fleet.config.secrets import SHOWN, redact
-from fleet.config.schema import DNS_LABEL, SECRET_KEYS, TOP_LEVEL_KEYS, FleetConfig
+from fleet.config.schema import (CLIENT_KEY_MIN_CHARS, DNS_LABEL, INTERNAL_FIELDS, SECRET_KEYS, TOP_LEVEL_KEYS,
+                                 FleetConfig)
 
 
 # --- turning raw values into a FleetConfig, or into one ConfigError ---------------------------
@@ -108,7 +109,7 @@ def from_validation_error(err: pydantic.ValidationError, raw: dict, stack: str) 
     where = f"stacks/Pulumi.{stack}.yaml"
     if first["type"] == "extra_forbidden":
         parent = _class_at(loc[:-1])
-        known = [k for k in parent.model_fields if k not in ("stack", "has_api_key", "has_hf_token")]
+        known = [k for k in parent.model_fields if k not in INTERNAL_FIELDS]
         guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"did you mean `{guess[0]}`?" if guess else "remove it"
         return ConfigError(key, unshown(first.get("input")), "unknown key", ", ".join(known), f"{hint} (in {where})")
@@ -148,7 +149,9 @@ def parse_config(raw: dict[str, Any], stack: str) -> FleetConfig:
         raise ConfigError("(stack name)", stack, "a stack name must be a short DNS label",
                           "lowercase letters, digits and '-'", "rename the stack, e.g. `pulumi stack rename prod`")
     try:
-        cfg = FleetConfig(stack=stack, has_api_key=bool(raw.get("api_key")), has_hf_token=bool(raw.get("hf_token")), **values)
+        client_keys = raw.get("client_keys")
+        cfg = FleetConfig(stack=stack, has_api_key=bool(raw.get("api_key")), has_hf_token=bool(raw.get("hf_token")),
+                          client_key_names=None if client_keys is True else tuple(client_keys or ()), **values)
     except pydantic.ValidationError as err:
         raise from_validation_error(err, raw, stack) from None
     check_config(cfg)
@@ -181,6 +184,10 @@ def load_from_pulumi() -> tuple[FleetConfig, dict[str, Any]]:
                               "an encrypted value (`secure:` in the stack file)",
                               f"run `pulumi config set --secret {key}` to encrypt it")
         value = conf.get(key)
+        if key == "client_keys":
+            raw[key] = client_key_names(value)
+            secrets[key] = conf.require_secret(key)
+            continue
         if not value.strip() or any(c.isspace() or not c.isprintable() for c in value):
             # vLLM reads an empty VLLM_API_KEY as "no key": /v1 would be open to anyone.
             raise ConfigError(key, SHOWN, "the secret is empty or has spaces or control characters in it",
@@ -193,6 +200,32 @@ def load_from_pulumi() -> tuple[FleetConfig, dict[str, Any]]:
         key = stray[0]
         raw[key] = SHOWN if runtime_config.is_config_secret(f"{PROJECT}:{key}") else _decode(conf.get(key))
     return parse_config(raw, stack), secrets
+
+
+def client_key_names(text: str) -> list[str]:
+    """The names of the `client_keys` secret (a map of key name -> key), each value checked
+    without ever being shown: Nginx keeps only its SHA-256, so it must be long and random."""
+    fix = "`pulumi config set --secret --path 'client_keys.NAME' \"sk-$(openssl rand -hex 24)\"` for each key"
+    try:
+        keys = json.loads(text)
+    except ValueError:
+        keys = None
+    if not isinstance(keys, dict) or not keys:
+        raise ConfigError("client_keys", SHOWN, "not a map of key name to key", "an object such as "
+                          "{team-a: <key>, team-b: <key>} (each value a secret)", fix)
+    for name, value in keys.items():
+        if not re.match(DNS_LABEL, str(name)):
+            raise ConfigError(f"client_keys.{name}", SHOWN, "a key name must be a short DNS label",
+                              "lowercase letters, digits and '-', as in `load_balancer.keys[].name`", fix)
+        if not isinstance(value, str) or len(value) < CLIENT_KEY_MIN_CHARS or \
+                any(c.isspace() or not c.isprintable() for c in value):
+            raise ConfigError(f"client_keys.{name}", SHOWN, f"a key must be at least {CLIENT_KEY_MIN_CHARS} "
+                              "printable characters without spaces (Nginx stores only its SHA-256)",
+                              f"{CLIENT_KEY_MIN_CHARS}+ random characters", fix)
+    if len(set(keys.values())) < len(keys):
+        raise ConfigError("client_keys", SHOWN, "two names share one key: the access log could not tell them apart",
+                          "a distinct key per name", fix)
+    return list(keys)
 
 
 def _decode(text: str) -> Any:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from fleet.config import image_refs, images
 from fleet.config.schema import HF_CACHE_MOUNT, HF_ID, FleetConfig, Model
 from fleet.config.errors import ConfigError
+from fleet.config.secrets import SHOWN
 from fleet.config.gpus import GPU_MODELS, lacks
 from fleet.config.vllm_env import check_env
 from fleet.config.vllm_flags import check_extra_args
@@ -29,6 +30,7 @@ def check_config(cfg: FleetConfig) -> None:
     _check_models(cfg)
     if cfg.target == "docker":
         _check_roles_and_ports(cfg)
+    _check_client_keys(cfg)
     _check_public_api(cfg)
     _check_images(cfg)
 
@@ -329,9 +331,42 @@ def _check_roles_and_ports(cfg: FleetConfig) -> None:
             taken[(mon, port)] = key
 
 
+def _check_client_keys(cfg: FleetConfig) -> None:
+    """`load_balancer.keys` (names, models, limits) and the `client_keys` secret (name -> key) name the same keys."""
+    keys = cfg.load_balancer.keys
+    fix_value = "`pulumi config set --secret --path 'client_keys.NAME' \"sk-$(openssl rand -hex 24)\"`"
+    dup = _duplicate([k.name for k in keys])
+    if dup:
+        i = [k.name for k in keys].index(dup, 1 + [k.name for k in keys].index(dup))
+        raise ConfigError(f"load_balancer.keys[{i}].name", dup, "two keys share this name", "unique key names",
+                          "rename or merge one of them")
+    names = {m.client_model_name: m.name for m in cfg.models} | {m.name: m.name for m in cfg.models}
+    for i, k in enumerate(keys):
+        for j, model in enumerate(k.models):
+            if model not in names:
+                raise ConfigError(f"load_balancer.keys[{i}].models[{j}]", model, "no model is served under this name",
+                                  ", ".join(sorted(names)), "name a model as clients send it, or its `name`")
+    secret = cfg.client_key_names
+    if keys and secret == ():
+        raise ConfigError("client_keys", None, f"`load_balancer.keys` names {len(keys)} key(s) but the `client_keys` "
+                          "secret is not set", "one secret value per key name", f"set each one: {fix_value}")
+    if secret is None:
+        return  # set, but unreadable offline: the program checks the names
+    declared = [k.name for k in keys]
+    for name in secret:
+        if name not in declared:
+            raise ConfigError(f"client_keys.{name}", SHOWN, "no entry in `load_balancer.keys` for this key",
+                              "a key per `load_balancer.keys[].name`", "add `{name: %s}` to `load_balancer.keys` "
+                              "(with its models and limits), or remove the key" % name)
+    for i, name in enumerate(declared):
+        if name not in secret:
+            raise ConfigError(f"load_balancer.keys[{i}].name", name, "the `client_keys` secret has no key of this name",
+                              "a key per `load_balancer.keys[].name`", f"set it: {fix_value.replace('NAME', name)}")
+
+
 def _check_public_api(cfg: FleetConfig) -> None:
     """Outside `environment: local`, an API anyone on the network can reach must ask for a key."""
-    if cfg.environment == "local" or cfg.has_api_key:
+    if cfg.environment == "local" or cfg.has_api_key or cfg.load_balancer.keys:
         return
     if cfg.target == "kubernetes":
         service = cfg.kubernetes.service_type

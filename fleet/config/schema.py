@@ -17,7 +17,11 @@ HF_ID = r"^[\w.-]+/[\w.-]+$"
 # Where the replicas' Hugging Face cache is mounted (a host directory, a Docker volume or the
 # cluster's claim): every replica of a model sees the same files there.
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
-SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password")
+SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password", "client_keys")
+# FleetConfig fields the program fills in, never a stack file.
+INTERNAL_FIELDS = ("stack", "has_api_key", "has_hf_token", "client_key_names")
+# Shortest client key: the rendered config holds each key's SHA-256, which must not be guessable.
+CLIENT_KEY_MIN_CHARS = 32
 TOP_LEVEL_KEYS = ("target", "hosts", "kubernetes", "models", "load_balancer", "monitoring", "nccl_debug", "environment")
 K8S_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"
 # Helm chart versions the Kubernetes target installs (a stack file may override them).
@@ -183,6 +187,17 @@ class Model(Strict):
         return self.image or (images.VLLM_CPU if self.device == "cpu" else images.VLLM_GPU)
 
 
+class ClientKey(Strict):
+    name: str = Field(pattern=DNS_LABEL, description="Key name, logged with every request (never the key); its value "
+                      "is `client_keys.<name>` (`pulumi config set --secret --path 'client_keys.<name>' KEY`).")
+    models: list[str] = Field(default_factory=list, description="Models (the names clients send as `model`, or "
+                              "model `name`s) this key may use; empty: all of them.")
+    requests_per_minute: Optional[int] = Field(None, ge=1, le=6_000_000, description="Requests per minute; beyond "
+                                               "it 429 with Retry-After. Default: no limit.")
+    max_concurrent: Optional[int] = Field(None, ge=1, le=100_000, description="Requests in flight at once; beyond "
+                                          "it 429. Default: no limit.")
+
+
 class LoadBalancer(Strict):
     host: Optional[str] = Field(None, description="Host that runs Nginx; default: the first host (docker target).")
     port: int = Field(80, ge=1, le=65535, description="Public port of the OpenAI-compatible API.")
@@ -199,6 +214,9 @@ class LoadBalancer(Strict):
     fail_timeout_s: int = Field(10, ge=1, le=3600, description="How long a failed replica is benched.")
     keepalive: int = Field(64, ge=1, le=4096, description="Idle keepalive connections kept per Nginx worker.")
     image: str = Field(images.NGINX, description="Nginx image.")
+    keys: list[ClientKey] = Field(default_factory=list, description="API keys clients use at the edge (list of key "
+                                  "objects below), each with its models and limits; Nginx checks them and reaches the "
+                                  "replicas with the fleet's own `api_key`.")
 
 
 class Monitoring(Strict):
@@ -315,6 +333,8 @@ class FleetConfig(Strict):
     # Secrets are not part of the typed config: only whether they are set.
     has_api_key: bool = False
     has_hf_token: bool = False
+    # The names under the `client_keys` secret (None: set but unreadable offline; its values never live here).
+    client_key_names: Optional[tuple[str, ...]] = ()
 
     def client_names(self) -> dict[str, list[str]]:
         """Model `name` -> every name a client may send as `model` for it (served name first, then

@@ -41,6 +41,9 @@ def run_raw(stack: str, raw: dict, secrets: dict[str, str] | None = None, run: M
     """Run the program with raw config values; `secrets` (and the secrets `raw` marks as set, with
     a stand-in value) are passed as Pulumi secrets."""
     marked = {k: f"test-stand-in-{k}" for k, v in raw.items() if v is True and k in SECRET_KEYS}
+    if "client_keys" in marked:  # a map of the declared key names to stand-in keys
+        names = [k["name"] for k in (raw.get("load_balancer") or {}).get("keys", [])]
+        marked["client_keys"] = json.dumps({n: f"test-stand-in-client-key-{n}-{'0' * 32}" for n in names})
     config = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw.items() if k not in marked}
     secret_keys = []
     for k, v in {**marked, **(secrets or {})}.items():
