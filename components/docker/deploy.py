@@ -33,7 +33,7 @@ def deploy(cfg: FleetConfig, secrets: Mapping[str, pulumi.Output[str]]) -> dict[
     lb = NginxLoadBalancer("lb", NginxLoadBalancerArgs(
         cfg, nginx, plan.service("nginx-config"), hosts[nginx.host],
         {m.name: [replicas[r.name].endpoint for r in plan.replicas_of(m.name)] for m in cfg.models},
-        list(replicas.values())))
+        list(replicas.values()), secrets))
 
     outputs: dict[str, Any] = {
         "url": lb.url,

@@ -8,7 +8,7 @@ import pulumi
 
 from components.docker.container import container
 from components.docker.host import DockerHost
-from fleet.render.files import NGINX_CONF, nginx_files
+from fleet.render.files import NGINX_CONF, key_hashes, nginx_files
 from fleet.config.schema import FleetConfig
 from fleet.docker.container_spec import ContainerSpec
 from fleet.docker.plan import UPLOAD_DIR
@@ -22,6 +22,7 @@ class NginxLoadBalancerArgs:
     host: DockerHost
     upstreams: Mapping[str, list[pulumi.Output[str]]]  # model name -> replica endpoints
     replicas: list[pulumi.Resource]
+    secrets: Mapping[str, pulumi.Output[str]]  # the stack's secrets: client_keys (hashed here), api_key (Nginx's env)
 
 
 class NginxLoadBalancer(pulumi.ComponentResource):
@@ -34,20 +35,25 @@ class NginxLoadBalancer(pulumi.ComponentResource):
         flat = [e for m in models for e in args.upstreams[m]]
         sizes = [len(args.upstreams[m]) for m in models]
 
-        def files(endpoints: list[str]) -> dict[str, str]:
+        def files(resolved: list) -> dict[str, str]:
+            *endpoints, hashes = resolved
             grouped, i = {}, 0
             for m, n in zip(models, sizes):
                 grouped[m], i = endpoints[i:i + n], i + n
-            return nginx_files(args.cfg, grouped)
+            return nginx_files(args.cfg, grouped, key_hashes=hashes)
 
-        nginx = pulumi.Output.all(*flat).apply(files)
+        # Only the keys' SHA-256 reach the files, so they are not secret (the keys are 32+ random characters).
+        hashes = (pulumi.Output.unsecret(args.secrets["client_keys"].apply(key_hashes))
+                  if "client_keys" in args.secrets else {})
+        nginx = pulumi.Output.all(*flat, hashes).apply(files)
         self.nginx_conf = nginx.apply(lambda f: f[NGINX_CONF])
         # A new upstream list replaces only the one-shot writer; the running Nginx sees the file
         # change and reloads gracefully, so its container (and its connections) stay.
         self.config_writer = container(f"{name}-config", args.config_spec, args.host, self, {},
                                        uploads=nginx.apply(lambda f: {f"{UPLOAD_DIR}/{n}": c for n, c in f.items()}),
                                        depends_on=args.replicas)
-        self.container = container(f"{name}-nginx", args.spec, args.host, self, {}, depends_on=[self.config_writer])
+        self.container = container(f"{name}-nginx", args.spec, args.host, self, args.secrets,
+                                   depends_on=[self.config_writer])
         lb = args.cfg.load_balancer
         public = args.cfg.lb_host.address if lb.bind_address in ("0.0.0.0", "::") else lb.bind_address
         self.url = pulumi.Output.from_input(f"http://{public}:{lb.port}/v1")

@@ -11,13 +11,15 @@
 // ships a newer njs (0.8.10 in nginx:1.28.0-alpine). njs starts a fresh VM per request: nothing
 // here keeps state between requests.
 //
-// Keys: today the replicas check the client's key (vLLM's --api-key), so a request routed to a
-// replica is checked there, and anything Nginx answers itself (the model list, an error that
-// names models) first asks a replica whether the key is good (`refusal`). Per-key checks done
-// here (a key's hash, the models it may use) replace `refusal` and run in `route` before the
-// redirect; the limits stay in nginx.conf (`limit_req`/`limit_conn` in `@fleet_upstream`, keyed
-// on a js_var this module sets).
+// Keys, two modes. Without `load_balancer.keys` (keys.json `enabled: false`) the replicas check
+// the client's key (vLLM's --api-key): a request routed to a replica is checked there, and
+// anything Nginx answers itself (the model list, an error that names models) first asks a replica
+// whether the key is good (`refusal`). With client keys, this module checks them itself: the
+// SHA-256 of the bearer token against keys.json (only hashes live there), then the models that
+// key may use, before any redirect; it names the key in $fleet_key for the access log and the
+// per-key limits (limit_req/limit_conn in nginx.conf); Nginx then sends the fleet's own key.
 
+var crypto = require('crypto');
 var ERROR_TYPE = 'invalid_request_error';
 
 function fail(r, status, message, param, code) {
@@ -27,6 +29,61 @@ function fail(r, status, message, param, code) {
 
 function names() {
     return Object.keys(fleet_models.routes);
+}
+
+function own(table, name) {
+    // Preloaded objects have no prototype: an own property is the only kind a name can match.
+    return Object.prototype.hasOwnProperty.call(table, name);
+}
+
+// The client key's entry in keys.json ({name, models}), or null for a missing or unknown key.
+function clientKey(r) {
+    var auth = r.headersIn['Authorization'] || '';
+    var match = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (!match) {
+        return null;
+    }
+    var hash = crypto.createHash('sha256').update(match[1]).digest('hex');
+    return own(fleet_keys.keys, hash) ? fleet_keys.keys[hash] : null;
+}
+
+function mayUse(key, name) {
+    if (key.models === null) {
+        return true;
+    }
+    // Preloaded arrays have no prototype either (no indexOf): a plain loop.
+    for (var i = 0; i < key.models.length; i++) {
+        if (key.models[i] === name) {
+            return true;
+        }
+    }
+    return false;
+}
+
+function unauthorized(r) {
+    r.headersOut['WWW-Authenticate'] = 'Bearer';
+    fail(r, 401, 'Incorrect API key provided.', null, 'invalid_api_key');
+}
+
+// With client keys: the accepted key (named in $fleet_key), or null after a 401 was answered.
+// Without: undefined, the replicas decide.
+function checkedKey(r) {
+    if (!fleet_keys.enabled) {
+        return undefined;
+    }
+    var key = clientKey(r);
+    if (key === null) {
+        unauthorized(r);
+        return null;
+    }
+    r.variables.fleet_key = key.name;
+    return key;
+}
+
+// The Authorization Nginx sends to the replicas when it checks client keys itself.
+function upstreamAuth(r) {
+    var key = process.env.FLEET_UPSTREAM_KEY;
+    return key ? 'Bearer ' + key : '';
 }
 
 // Each upstream once, the first model's first.
@@ -63,6 +120,11 @@ function passOn(r, reply) {
 
 // An error Nginx answers itself, once the key is known good (it may name the fleet's models).
 async function refuse(r, status, message, param, code) {
+    if (fleet_keys.enabled) {
+        // route() checked the key before reading the body.
+        fail(r, status, message, param, code);
+        return;
+    }
     var denied = await refusal(r);
     if (denied) {
         passOn(r, denied);
@@ -71,13 +133,17 @@ async function refuse(r, status, message, param, code) {
     fail(r, status, message, param, code);
 }
 
-function available() {
-    return 'Available models: ' + names().join(', ') + '.';
+// The names a key may send (all of them without client keys).
+function visible(key) {
+    return names().filter(function (n) { return !key || mayUse(key, n); });
+}
+
+function available(key) {
+    return 'Available models: ' + visible(key).join(', ') + '.';
 }
 
 function hasRoute(name) {
-    // The preloaded object has no prototype: an own property is the only kind a name can match.
-    return Object.prototype.hasOwnProperty.call(fleet_models.routes, name);
+    return own(fleet_models.routes, name);
 }
 
 // The `model` field of a multipart/form-data body (the audio endpoints), or undefined.
@@ -130,19 +196,25 @@ function requestedModel(r) {
 // js_content of /v1/: pick the upstream by the body's model, then hand the request (its body
 // already in memory) to @fleet_upstream, which proxies with the server's settings.
 function route(r) {
+    var key = checkedKey(r);
+    if (key === null) {
+        return;
+    }
     var name = requestedModel(r);
     if (name === null) {
         return;
     }
     if (name === undefined) {
         if (upstreams().length !== 1) {
-            refuse(r, 400, 'You must provide a model parameter. ' + available(), 'model', null);
+            refuse(r, 400, 'You must provide a model parameter. ' + available(key), 'model', null);
             return;
         }
         name = names()[0];  // one model: a request without `model` reaches it, as vLLM itself allows
     }
-    if (!hasRoute(name)) {
-        refuse(r, 404, 'The model `' + name + '` does not exist. ' + available(), 'model', 'model_not_found');
+    // A model the key may not use is answered as one that does not exist, as OpenAI does.
+    if (!hasRoute(name) || (key && !mayUse(key, name))) {
+        refuse(r, 404, 'The model `' + name + '` does not exist or you do not have access to it. ' + available(key),
+               'model', 'model_not_found');
         return;
     }
     r.variables.fleet_model = name;
@@ -153,7 +225,11 @@ function route(r) {
 // js_content of GET /v1/models: the fleet's models and adapters from the config, in OpenAI's list
 // shape (see nginx_models in fleet/render/files.py for why not the replicas' own lists).
 async function models(r) {
-    var denied = await refusal(r);
+    var key = checkedKey(r);
+    if (key === null) {
+        return;
+    }
+    var denied = key === undefined ? await refusal(r) : null;
     if (denied) {
         passOn(r, denied);
         return;
@@ -167,6 +243,9 @@ async function models(r) {
     var cards = fleet_models.models;
     var data = [];
     for (var i = 0; i < cards.length; i++) {
+        if (key && !mayUse(key, cards[i].id)) {
+            continue;
+        }
         var card = JSON.parse(JSON.stringify(cards[i]));  // a mutable copy of the preloaded card
         card.created = created;
         data.push(card);
@@ -175,4 +254,27 @@ async function models(r) {
     r.return(200, JSON.stringify({object: 'list', data: data}));
 }
 
-export default {route, models};
+// js_content of /models/<name>/v1/ with client keys ($fleet_prefix: that model's upstream): the
+// key must be allowed a name routed there, and the body's `model`, when it names one, itself.
+function prefixed(r) {
+    var key = checkedKey(r);
+    if (key === null) {
+        return;
+    }
+    var upstream = r.variables.fleet_prefix;
+    var mine = visible(key).filter(function (n) { return fleet_models.routes[n] === upstream; });
+    var name = requestedModel(r);
+    if (name === null) {
+        return;
+    }
+    if (mine.length === 0 || (name !== undefined && mine.indexOf(name) < 0)) {
+        fail(r, 404, 'The model `' + (name || upstream) + '` does not exist or you do not have access to it.',
+             'model', 'model_not_found');
+        return;
+    }
+    r.variables.fleet_model = name || mine[0];
+    r.variables.fleet_upstream = upstream;
+    r.internalRedirect('@fleet_prefixed');
+}
+
+export default {route, models, prefixed, upstreamAuth};

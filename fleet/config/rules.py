@@ -334,13 +334,17 @@ def _check_roles_and_ports(cfg: FleetConfig) -> None:
 def _check_client_keys(cfg: FleetConfig) -> None:
     """`load_balancer.keys` (names, models, limits) and the `client_keys` secret (name -> key) name the same keys."""
     keys = cfg.load_balancer.keys
+    if keys and cfg.target == "kubernetes":
+        raise ConfigError("load_balancer.keys", [k.name for k in keys], "client keys are checked by the Docker "
+                          "target's Nginx only so far", "no `load_balancer.keys` with target kubernetes (clients use "
+                          "`api_key`)", "remove `load_balancer.keys` and `client_keys`")
     fix_value = "`pulumi config set --secret --path 'client_keys.NAME' \"sk-$(openssl rand -hex 24)\"`"
     dup = _duplicate([k.name for k in keys])
     if dup:
         i = [k.name for k in keys].index(dup, 1 + [k.name for k in keys].index(dup))
         raise ConfigError(f"load_balancer.keys[{i}].name", dup, "two keys share this name", "unique key names",
                           "rename or merge one of them")
-    names = {m.client_model_name: m.name for m in cfg.models} | {m.name: m.name for m in cfg.models}
+    names = {n: m for m, client in cfg.client_names().items() for n in client} | {m.name: m.name for m in cfg.models}
     for i, k in enumerate(keys):
         for j, model in enumerate(k.models):
             if model not in names:

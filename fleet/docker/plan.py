@@ -21,7 +21,7 @@ from fleet.docker.ledger import check_claims, image_resource_names
 from fleet.docker.placement import ReplicaPlacement, place
 from fleet.ports import (DCGM_PORT, GRAFANA_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT,
                          NGINX_STOP_GRACE_S, PROMETHEUS_PORT)
-from fleet.render.files import PROMETHEUS_TARGETS_DIR, Scrape
+from fleet.render.files import PROMETHEUS_TARGETS_DIR, UPSTREAM_KEY_ENV, Scrape
 from fleet.render.templates import static
 
 VLLM_HOST_PORT_BASE = 8000
@@ -249,6 +249,8 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NGINX_STATUS_PORT}/stub_status"],
                                 interval_s=10, timeout_s=5, retries=3, start_period_s=10),
         labels=labels(cfg, "nginx"), start_timeout_s=60, stop_grace_s=NGINX_STOP_GRACE_S,
+        # With client keys, Nginx authenticates to the replicas with the fleet's own api_key.
+        secret_env={UPSTREAM_KEY_ENV: "api_key"} if cfg.load_balancer.keys and cfg.has_api_key else {},
     ),
         # Writes each new nginx.conf (and fleet.js, models.json beside it) into the volume the
         # running Nginx watches (see fleet-nginx.sh).

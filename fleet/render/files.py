@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from fleet.config.images import NGINX_NJS_MODULE
 from fleet.config.schema import FleetConfig
@@ -21,8 +24,12 @@ PROMETHEUS_TARGETS_DIR = "/etc/prometheus/targets"
 # Nginx's files, all in one directory (NGINX_CONF_DIR in the containers). Docker's writer job copies
 # them in name order and Nginx reloads when nginx.conf changes: the two it reads sort before it.
 NGINX_JS = "fleet.js"
+NGINX_KEYS = "keys.json"
 NGINX_MODELS = "models.json"
 NGINX_CONF = "nginx.conf"
+# With client keys, the variable through which Nginx gets the fleet's own api_key (a secret in its
+# environment, never in a file) to authenticate to the replicas.
+UPSTREAM_KEY_ENV = "FLEET_UPSTREAM_KEY"
 
 
 @dataclass
@@ -61,28 +68,65 @@ def nginx_models(cfg: FleetConfig) -> str:
     return json.dumps({"managed_by": HEADER, "routes": routes, "models": cards}, indent=1) + "\n"
 
 
-def nginx_files(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module: str = NGINX_NJS_MODULE) -> dict[str, str]:
-    """Everything Nginx reads, file name -> content, to be written into one directory."""
-    return {NGINX_JS: static(f"nginx/{NGINX_JS}"), NGINX_MODELS: nginx_models(cfg),
-            NGINX_CONF: nginx_conf(cfg, upstreams, njs_module=njs_module)}
+def key_hash(key: str) -> str:
+    """What Nginx keeps of a client key (fleet.js hashes the presented one the same way)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_hashes(client_keys: str) -> dict[str, str]:
+    """The `client_keys` secret (JSON: name -> key) as Nginx keeps it: name -> `key_hash`."""
+    return {name: key_hash(value) for name, value in json.loads(client_keys).items()}
+
+
+def nginx_keys(cfg: FleetConfig, key_hashes: Mapping[str, str]) -> str:
+    """keys.json, fleet.js's key table: SHA-256 of each client key -> its name and the names it may
+    send as `model` (null: all). Only hashes: a key (32+ random characters) cannot be recovered
+    from them. `enabled` false: no `load_balancer.keys`, the replicas check the fleet's api_key.
+    A declared key without a hash (none given) cannot authenticate: the table fails closed."""
+    client = cfg.client_names()
+    table = {}
+    for k in cfg.load_balancer.keys:
+        if k.name not in key_hashes:
+            continue
+        allowed = None
+        if k.models:
+            allowed = list(dict.fromkeys(n for want in k.models for n in (client.get(want) or [want])))
+        table[key_hashes[k.name]] = {"name": k.name, "models": allowed}
+    return json.dumps({"managed_by": HEADER, "enabled": bool(cfg.load_balancer.keys), "keys": table},
+                      indent=1, sort_keys=True) + "\n"
+
+
+def nginx_files(cfg: FleetConfig, upstreams: dict[str, list[str]], *, key_hashes: Mapping[str, str] = MappingProxyType({}),
+                njs_module: str = NGINX_NJS_MODULE) -> dict[str, str]:
+    """Everything Nginx reads, file name -> content, to be written into one directory.
+    `key_hashes`: client key name -> `key_hash` of its value (from the `client_keys` secret)."""
+    keys = nginx_keys(cfg, key_hashes)
+    return {NGINX_JS: static(f"nginx/{NGINX_JS}"), NGINX_KEYS: keys, NGINX_MODELS: nginx_models(cfg),
+            NGINX_CONF: nginx_conf(cfg, upstreams, njs_module=njs_module, keys_sha256=_sha256(keys))}
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module: str = NGINX_NJS_MODULE) -> str:
+def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module: str = NGINX_NJS_MODULE,
+               keys_sha256: str = "") -> str:
     """`upstreams` maps each model name to its replicas' `host:port`, in replica order;
-    `njs_module` is where the image keeps Nginx's JavaScript module."""
+    `njs_module` is where the image keeps Nginx's JavaScript module; `keys_sha256` the digest of
+    keys.json (its change must change nginx.conf, which is what triggers a reload)."""
     lb = cfg.load_balancer
+    limits = [{"name": k.name, "var": "fleet_key_" + k.name.replace("-", "_"), "rpm": k.requests_per_minute,
+               "concurrent": k.max_concurrent, "retry_after_s": math.ceil(60 / k.requests_per_minute)
+               if k.requests_per_minute else 1} for k in lb.keys]
     default = cfg.models[0].name
     blocks = [{"name": upstream_name(m.name), "servers": upstreams[m.name],
                "prefix": f"/models/{m.name}/"} for m in cfg.models]
     largest = max(len(s) for s in upstreams.values())
     return render(
         "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
-        njs_module=njs_module, js_file=NGINX_JS, models_file=NGINX_MODELS,
+        njs_module=njs_module, js_file=NGINX_JS, models_file=NGINX_MODELS, keys_file=NGINX_KEYS,
         js_sha256=_sha256(static(f"nginx/{NGINX_JS}")), models_sha256=_sha256(nginx_models(cfg)),
+        keys_sha256=keys_sha256, client_keys=bool(lb.keys), limits=limits, upstream_key_env=UPSTREAM_KEY_ENV,
         policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
         fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, keepalive_timeout_s=NGINX_UPSTREAM_KEEPALIVE_S,
         listen_port=NGINX_PORT,
