@@ -226,13 +226,18 @@ def test_no_key_value_is_in_any_file_or_log_line_and_the_log_names_the_key(edge)
     assert key_hash(KEYS["team-b"]) in edge["files"]["keys.json"]
 
 
-def test_client_keys_are_refused_on_the_kubernetes_target_for_now():
-    raw = with_keys(raw_stack("prod-k8s"))
-    err = refused_on("prod-k8s", raw, {"client_keys": json.dumps(KEYS)})
-    assert err.key == "load_balancer.keys", str(err)
-
-
-def refused_on(stack, raw, secrets) -> ConfigError:
-    with pytest.raises(ConfigError) as caught:
-        run_raw(stack, raw, secrets=secrets)
-    return caught.value
+def test_on_kubernetes_the_keys_reach_the_config_map_as_hashes_and_nginx_gets_the_fleets_key():
+    raw = with_keys(raw_stack("prod-k8s"), {"name": "team-a"}, {"name": "team-b", "requests_per_minute": 60})
+    run = run_raw("prod-k8s", raw, secrets={"client_keys": json.dumps(KEYS)})
+    config_map = next(r for r in run.resources if r.typ == "kubernetes:core/v1:ConfigMap" and "keys.json" in
+                      (r.inputs.get("data") or {}))
+    keys_json = config_map.inputs["data"]["keys.json"]
+    assert key_hash(KEYS["team-a"]) in keys_json and KEYS["team-a"] not in json.dumps(run.outputs, default=str)
+    assert "limit_req_zone $fleet_key_team_b" in config_map.inputs["data"]["nginx.conf"]
+    deployment = next(r for r in run.resources if r.typ == "kubernetes:apps/v1:Deployment" and r.name.endswith("nginx"))
+    nginx = deployment.inputs["spec"]["template"]["spec"]["containers"][0]
+    assert nginx["env"] == [{"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": "vllm-fleet-secrets",
+                                                                                     "key": "api_key"}}}], nginx
+    for r in run.resources:
+        for value in KEYS.values():
+            assert value not in json.dumps(r.inputs, default=str), r.name

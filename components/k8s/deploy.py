@@ -21,7 +21,7 @@ def deploy(cfg: FleetConfig, secrets: Mapping[str, pulumi.Output[str]]) -> dict[
     lws = LwsController("lws", LwsControllerArgs(plan, fleet)) if plan.k8s.install_lws else None
     models = [VllmModel(w.model.name, VllmModelArgs(plan, w, fleet, depends_on=[lws.release] if lws else []))
               for w in plan.workloads]
-    gateway = NginxGateway("lb", NginxGatewayArgs(plan, fleet, [s for m in models for s in m.replica_services]))
+    gateway = NginxGateway("lb", NginxGatewayArgs(plan, fleet, [s for m in models for s in m.replica_services], secrets))
 
     outputs: dict[str, Any] = {
         "url": gateway.url,

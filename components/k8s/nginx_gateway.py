@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, Optional
 
 import pulumi
 
@@ -10,7 +10,7 @@ from fleet.k8s import manifests as mf
 from components.k8s.fleet_namespace import FleetNamespace
 from components.k8s.resources import declare
 from fleet.k8s.plan import K8sPlan
-from fleet.render.files import NGINX_CONF
+from fleet.render.files import NGINX_CONF, key_hashes
 
 
 @dataclass
@@ -18,6 +18,7 @@ class NginxGatewayArgs:
     plan: K8sPlan
     fleet: FleetNamespace
     replica_services: list[pulumi.Resource]  # Nginx resolves their names when it starts
+    secrets: Mapping[str, pulumi.Output[str]]  # client_keys: only their SHA-256 reach the ConfigMap
 
 
 class NginxGateway(pulumi.ComponentResource):
@@ -27,12 +28,18 @@ class NginxGateway(pulumi.ComponentResource):
     def __init__(self, name: str, args: NginxGatewayArgs, opts: Optional[pulumi.ResourceOptions] = None) -> None:
         super().__init__("vllm-fleet:k8s:NginxGateway", name, None, opts)
         plan = args.plan
-        files = plan.nginx_files()
-        conf = files[NGINX_CONF]  # names fleet.js's and models.json's digests: the checksum covers all three
+        # The client keys' SHA-256 (not secret: the keys are 32+ random characters) go into keys.json;
+        # nginx.conf names every file's digest, so the pods' checksum annotation covers them all.
+        hashes = (pulumi.Output.unsecret(args.secrets["client_keys"].apply(key_hashes))
+                  if "client_keys" in args.secrets else {})
+        files = pulumi.Output.from_input(hashes).apply(lambda h: plan.nginx_files(key_hashes=h))
+        conf = files.apply(lambda f: f[NGINX_CONF])
         base = args.fleet.child_opts.merge(pulumi.ResourceOptions(parent=self))
-        self.config_map = declare(f"{name}-conf", mf.nginx_config_map(plan, files), base)
-        self.deployment = declare(f"{name}-nginx", mf.nginx_deployment(plan, conf), base.merge(pulumi.ResourceOptions(
-            depends_on=[self.config_map, args.fleet.service_account, *args.replica_services])))
+        self.config_map = declare(f"{name}-conf", mf.nginx_config_map(plan, plan.nginx_files()), base, data=files)
+        self.deployment = declare(f"{name}-nginx", mf.nginx_deployment(plan, plan.nginx_files()[NGINX_CONF]),
+                                  base.merge(pulumi.ResourceOptions(
+                                      depends_on=[self.config_map, args.fleet.service_account, *args.replica_services])),
+                                  spec=conf.apply(lambda c: mf.nginx_deployment(plan, c)["spec"]))
         self.service = declare(f"{name}-service", mf.nginx_service(plan), base)
         self.disruption_budget = declare(f"{name}-pdb", mf.nginx_disruption_budget(plan), base)
         self.network_policy = declare(f"{name}-netpol", mf.nginx_network_policy(plan), base)
@@ -47,6 +54,6 @@ class NginxGateway(pulumi.ComponentResource):
                     return f"http://{item.hostname or item.ip}:{port}/v1"
             return in_cluster
 
-        self.nginx_conf = pulumi.Output.from_input(conf)
+        self.nginx_conf = conf
         self.url = self.service.status.apply(public) if plan.k8s.service_type == "LoadBalancer" else pulumi.Output.from_input(in_cluster)
         self.register_outputs({"url": self.url, "nginx_conf": self.nginx_conf})

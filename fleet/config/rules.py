@@ -334,10 +334,6 @@ def _check_roles_and_ports(cfg: FleetConfig) -> None:
 def _check_client_keys(cfg: FleetConfig) -> None:
     """`load_balancer.keys` (names, models, limits) and the `client_keys` secret (name -> key) name the same keys."""
     keys = cfg.load_balancer.keys
-    if keys and cfg.target == "kubernetes":
-        raise ConfigError("load_balancer.keys", [k.name for k in keys], "client keys are checked by the Docker "
-                          "target's Nginx only so far", "no `load_balancer.keys` with target kubernetes (clients use "
-                          "`api_key`)", "remove `load_balancer.keys` and `client_keys`")
     fix_value = "`pulumi config set --secret --path 'client_keys.NAME' \"sk-$(openssl rand -hex 24)\"`"
     dup = _duplicate([k.name for k in keys])
     if dup:

@@ -21,6 +21,7 @@ from fleet.k8s.plan import (
     pod_ports, selector_labels, workload_labels,
 )
 from fleet.ports import DCGM_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
+from fleet.render.files import UPSTREAM_KEY_ENV
 from fleet.render.templates import static
 
 Manifest = dict[str, Any]
@@ -393,6 +394,9 @@ def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
             "/bin/sh", "-c", "sleep 5; nginx -s quit -c /etc/nginx/fleet/nginx.conf; while pgrep -x nginx >/dev/null; do sleep 1; done"]}}},
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}},
         "securityContext": drop_all,
+        # With client keys, Nginx authenticates to the replicas with the fleet's own api_key.
+        **({"env": [{"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": FLEET_SECRET, "key": "api_key"}}}]}
+           if lb.keys and plan.cfg.has_api_key else {}),
         "volumeMounts": [{"name": "conf", "mountPath": NGINX_CONF_DIR, "readOnly": True},
                          {"name": "tmp", "mountPath": "/tmp"}, {"name": "cache", "mountPath": "/var/cache/nginx"}],
     }

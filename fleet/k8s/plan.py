@@ -22,7 +22,9 @@ pool once, then asks the capacity planner about exactly those pools.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, Optional
 
 import yaml
@@ -162,9 +164,10 @@ class K8sPlan:
     def upstreams(self) -> dict[str, list[str]]:
         return {w.model.name: w.endpoints for w in self.workloads}
 
-    def nginx_files(self) -> dict[str, str]:
-        """The same renderer as the Docker target, with the replicas' Service addresses."""
-        return nginx_files(self.cfg, self.upstreams())
+    def nginx_files(self, key_hashes: Mapping[str, str] = MappingProxyType({})) -> dict[str, str]:
+        """The same renderer as the Docker target, with the replicas' Service addresses
+        (`key_hashes`: client key name -> its SHA-256, from the `client_keys` secret)."""
+        return nginx_files(self.cfg, self.upstreams(), key_hashes=key_hashes)
 
     def alert_rules(self) -> str:
         return alert_rules(self.cfg)
