@@ -14,7 +14,7 @@ from pydantic_core import PydanticUndefined
 
 from fleet.config.schema import (
     INTERNAL_FIELDS, SECRET_KEYS, Adapter, Autoscaling, ClientKey, FleetConfig, HfCache, Host, K8sMonitoring, Kubernetes,
-    LoadBalancer, Lora, Model, Monitoring, NodePool, Sampling, Speculative, Toleration,
+    LoadBalancer, Lora, Model, Monitoring, NodePool, Sampling, Speculative, Tls, Toleration,
 )
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -22,7 +22,8 @@ BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("", FleetConfig), ("hosts[]", Host), ("models[]", Model), ("models[].speculative", Speculative),
     ("models[].sampling", Sampling), ("models[].lora", Lora), ("models[].lora.adapters[]", Adapter),
-    ("load_balancer", LoadBalancer), ("load_balancer.keys[]", ClientKey), ("monitoring", Monitoring),
+    ("load_balancer", LoadBalancer), ("load_balancer.keys[]", ClientKey), ("load_balancer.tls", Tls),
+    ("monitoring", Monitoring),
     ("kubernetes", Kubernetes), ("kubernetes.node_pools[]", NodePool), ("kubernetes.node_pools[].tolerations[]", Toleration),
     ("kubernetes.hf_cache", HfCache), ("kubernetes.monitoring", K8sMonitoring), ("kubernetes.autoscaling[]", Autoscaling),
 ]
@@ -33,6 +34,10 @@ SECRET_DOCS = {
     "grafana_admin_password": "Grafana admin password; generated (random, a secret output) when not set.",
     "client_keys": "Client API keys by name, for `load_balancer.keys` (`pulumi config set --secret --path "
                    "'client_keys.NAME' KEY`, 32+ characters); Nginx keeps only their SHA-256.",
+    "tls_certificate": "Nginx's certificate chain, PEM, the server's first (`pulumi config set --secret tls_certificate "
+                       "< fullchain.pem`), with `load_balancer.tls`; checked: valid now, matching the key.",
+    "tls_private_key": "Its private key, PEM, unencrypted (`pulumi config set --secret tls_private_key < privkey.pem`); "
+                       "written only into Nginx's TLS volume (mode 0600) or the `kubernetes.io/tls` Secret.",
 }
 INTERNAL = set(INTERNAL_FIELDS)
 

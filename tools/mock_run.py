@@ -5,6 +5,9 @@ registers, with its inputs. Used by the offline render (`make render`) and by th
 """
 from __future__ import annotations
 
+import asyncio
+import datetime
+import functools
 import json
 import os
 import runpy
@@ -13,12 +16,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pulumi
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from fleet.config.errors import PROJECT
 from fleet.config.load import StackFile, StackFileError, read_stack_yaml
+from fleet.config.schema import TLS_SECRET_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_MARK = "[secret]"
@@ -153,7 +161,7 @@ def stack_config(doc: dict[str, Any], passphrase: Optional[str]) -> tuple[dict[s
                                  "the example stacks' one), or unset it to render with stand-in secrets") from None
     for key, value in (doc.get("config") or {}).items():
         if isinstance(value, dict) and set(value) == {"secure"}:
-            text = _decrypt(cipher, key, value["secure"], where) if cipher else f"unreadable-secret-{key.split(':')[-1]}"
+            text = _decrypt(cipher, key, value["secure"], where) if cipher else _stand_in(key.split(":")[-1])
             config[key], plain[key] = text, text
             secret_keys.append(key)
         elif _has_secure(value):
@@ -171,6 +179,27 @@ def stack_config(doc: dict[str, Any], passphrase: Optional[str]) -> tuple[dict[s
         else:
             config[key] = value if isinstance(value, str) else json.dumps(value)
     return config, secret_keys, plain
+
+
+def _stand_in(name: str) -> str:
+    """An unreadable secret's value, in a form its checks accept (a PEM pair for the TLS ones)."""
+    return _stand_in_tls()[name] if name in TLS_SECRET_KEYS else f"unreadable-secret-{name}"
+
+
+@functools.lru_cache(maxsize=None)
+def _stand_in_tls() -> dict[str, str]:
+    """A self-signed certificate and its key, made once per run: fleet.config.rules reads the TLS
+    secrets as PEM, so an unreadable one needs a stand-in that is one."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stand-in.invalid")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return {"tls_certificate": cert.public_bytes(pem).decode(),
+            "tls_private_key": key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()).decode()}
 
 
 def _has_secure(value: Any) -> bool:
@@ -191,12 +220,25 @@ def _decrypt(cipher: Any, key: str, ciphertext: Any, where: Any) -> str:
                              f"set it again: `pulumi config set --secret {key.split(':', 1)[-1]}`") from None
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's runtime runs on the thread's current event loop; something that ran before in this
+    process (`asyncio.run()` in a test, a client library) may have left it closed or unset."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_closed():
+            return
+    except RuntimeError:
+        pass
+    asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(stack: str, config: dict[str, str], secret_keys: list[str] = (),
                 run: Optional[MockRun] = None) -> MockRun:
     """Execute `__main__.py` for `stack` with `config` (full keys, e.g. `vllm-fleet:models`).
 
     Pass `run` to keep what was registered even when the program raises.
     """
+    _ensure_event_loop()
     run = run or MockRun(stack)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     settings.set_root_resource(None)

@@ -43,8 +43,10 @@ def artifacts(run: MockRun) -> dict[str, str]:
     for name, res in sorted(run.containers().items()):
         spec = res.plain()
         role = dict((lbl["label"], lbl["value"]) for lbl in spec.get("labels", [])).get("vllm-fleet.role", "other")
-        uploads = {u["file"]: u["content"] for u in spec.get("uploads") or []}
-        spec["uploads"] = sorted(uploads)  # contents are written as files of their own
+        # Secret uploads (Nginx's certificate and key) stay `[secret]`, file names included.
+        secret_uploads = spec.get("uploads") == SECRET_MARK
+        uploads = {} if secret_uploads else {u["file"]: u["content"] for u in spec.get("uploads") or []}
+        spec["uploads"] = SECRET_MARK if secret_uploads else sorted(uploads)  # contents are written as files of their own
         files[f"containers/{name}.json"] = json.dumps(spec, indent=2, sort_keys=True) + "\n"
         if role.startswith("vllm"):
             argv = (spec.get("entrypoints") or []) + (spec.get("command") or [])

@@ -33,7 +33,7 @@ def deploy(cfg: FleetConfig, secrets: Mapping[str, pulumi.Output[str]]) -> dict[
     lb = NginxLoadBalancer("lb", NginxLoadBalancerArgs(
         cfg, nginx, plan.service("nginx-config"), hosts[nginx.host],
         {m.name: [replicas[r.name].endpoint for r in plan.replicas_of(m.name)] for m in cfg.models},
-        list(replicas.values()), secrets))
+        list(replicas.values()), secrets, tls_spec=next((s for s in plan.services if s.role == "nginx-tls"), None)))
 
     outputs: dict[str, Any] = {
         "url": lb.url,

@@ -39,7 +39,7 @@ class HostMonitoring(pulumi.ComponentResource):
         uploads = {"prometheus": files, "prometheus-targets": targets, "grafana": grafana_files(cfg, plan.prometheus_url)}
         self.containers = {}
         for spec in plan.services:
-            if spec.role in ("nginx", "nginx-config"):
+            if spec.role in ("nginx", "nginx-config", "nginx-tls"):  # the load balancer's own
                 continue
             self.containers[spec.role + ("" if spec.role != "dcgm-exporter" else f"-{spec.host}")] = container(
                 f"{name}-{spec.name.removeprefix(cfg.stack + '-')}", spec, args.hosts[spec.host], self,

@@ -23,10 +23,10 @@ from pulumi.runtime import config as runtime_config
 from pydantic import BaseModel
 
 from fleet.config.errors import PROJECT, ConfigError
-from fleet.config.rules import check_config
+from fleet.config.rules import check_config, check_tls_material
 from fleet.config.secrets import SHOWN, redact
-from fleet.config.schema import (CLIENT_KEY_MIN_CHARS, DNS_LABEL, INTERNAL_FIELDS, SECRET_KEYS, TOP_LEVEL_KEYS,
-                                 FleetConfig)
+from fleet.config.schema import (CLIENT_KEY_MIN_CHARS, DNS_LABEL, INTERNAL_FIELDS, SECRET_KEYS, TLS_SECRET_KEYS,
+                                 TOP_LEVEL_KEYS, FleetConfig)
 
 
 # --- turning raw values into a FleetConfig, or into one ConfigError ---------------------------
@@ -151,7 +151,8 @@ def parse_config(raw: dict[str, Any], stack: str) -> FleetConfig:
     try:
         client_keys = raw.get("client_keys")
         cfg = FleetConfig(stack=stack, has_api_key=bool(raw.get("api_key")), has_hf_token=bool(raw.get("hf_token")),
-                          client_key_names=None if client_keys is True else tuple(client_keys or ()), **values)
+                          client_key_names=None if client_keys is True else tuple(client_keys or ()),
+                          tls_secrets=tuple(k for k in TLS_SECRET_KEYS if raw.get(k)), **values)
     except pydantic.ValidationError as err:
         raise from_validation_error(err, raw, stack) from None
     check_config(cfg)
@@ -188,6 +189,10 @@ def load_from_pulumi() -> tuple[FleetConfig, dict[str, Any]]:
             raw[key] = client_key_names(value)
             secrets[key] = conf.require_secret(key)
             continue
+        if key in TLS_SECRET_KEYS:  # PEM: lines and spaces; read by check_tls_material below
+            raw[key] = True
+            secrets[key] = conf.require_secret(key)
+            continue
         if not value.strip() or any(c.isspace() or not c.isprintable() for c in value):
             # vLLM reads an empty VLLM_API_KEY as "no key": /v1 would be open to anyone.
             raise ConfigError(key, SHOWN, "the secret is empty or has spaces or control characters in it",
@@ -199,7 +204,10 @@ def load_from_pulumi() -> tuple[FleetConfig, dict[str, Any]]:
     if stray:  # only to be named in parse_config's error: a secret there is never decrypted
         key = stray[0]
         raw[key] = SHOWN if runtime_config.is_config_secret(f"{PROJECT}:{key}") else _decode(conf.get(key))
-    return parse_config(raw, stack), secrets
+    cfg = parse_config(raw, stack)
+    if cfg.load_balancer.tls is not None and all(k in secrets for k in TLS_SECRET_KEYS):
+        check_tls_material(conf.get("tls_certificate"), conf.get("tls_private_key"))
+    return cfg, secrets
 
 
 def client_key_names(text: str) -> list[str]:

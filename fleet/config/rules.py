@@ -4,11 +4,16 @@ Each rule raises one ConfigError naming the key path, the value, what is allowed
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import posixpath
 import re
 from collections import Counter
 from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 
 from fleet.config import image_refs, images
 from fleet.config.schema import HF_CACHE_MOUNT, HF_ID, FleetConfig, Model
@@ -31,6 +36,7 @@ def check_config(cfg: FleetConfig) -> None:
     if cfg.target == "docker":
         _check_roles_and_ports(cfg)
     _check_client_keys(cfg)
+    _check_tls(cfg)
     _check_public_api(cfg)
     _check_images(cfg)
 
@@ -362,6 +368,100 @@ def _check_client_keys(cfg: FleetConfig) -> None:
         if name not in secret:
             raise ConfigError(f"load_balancer.keys[{i}].name", name, "the `client_keys` secret has no key of this name",
                               "a key per `load_balancer.keys[].name`", f"set it: {fix_value.replace('NAME', name)}")
+
+
+TLS_FIX = ("`pulumi config set --secret tls_certificate < fullchain.pem` and `pulumi config set --secret "
+           "tls_private_key < privkey.pem`")
+
+
+def _check_tls(cfg: FleetConfig) -> None:
+    """`load_balancer.tls` takes its certificate from exactly one source its target can reach."""
+    tls, have = cfg.load_balancer.tls, cfg.tls_secrets
+    if tls is None:
+        if have:
+            raise ConfigError(have[0], SHOWN, "a TLS secret is set but `load_balancer.tls` is not: nothing would "
+                              "serve HTTPS", "the TLS secrets together with `load_balancer.tls`",
+                              f"add `load_balancer: {{tls: {{}}}}` (HTTPS on port 443), or remove the secret "
+                              f"(`pulumi config rm {have[0]}`)")
+        return
+    k = "load_balancer.tls"
+    if len(have) == 1:
+        missing = next(s for s in ("tls_certificate", "tls_private_key") if s not in have)
+        raise ConfigError(missing, None, f"`{have[0]}` is set but `{missing}` is not", "both TLS secrets, or neither",
+                          f"set it: `pulumi config set --secret {missing} < "
+                          f"{'fullchain.pem' if missing == 'tls_certificate' else 'privkey.pem'}`")
+    paths = [p for p in ("certificate_path", "private_key_path") if getattr(tls, p)]
+    if len(paths) == 1:
+        missing = next(p for p in ("certificate_path", "private_key_path") if p not in paths)
+        raise ConfigError(f"{k}.{missing}", None, f"`{k}.{paths[0]}` is set but `{missing}` is not",
+                          "both paths, or neither", f"set `{k}.{missing}`")
+    sources = [name for name, on in (("the tls_certificate/tls_private_key secrets", bool(have)),
+                                     (f"`{k}.certificate_path`/`private_key_path`", bool(paths)),
+                                     (f"`{k}.secret_name`", bool(tls.secret_name))) if on]
+    docker = cfg.target == "docker"
+    if docker and tls.secret_name:
+        raise ConfigError(f"{k}.secret_name", tls.secret_name, "a Kubernetes Secret has no meaning on the docker target",
+                          "the TLS secrets, or certificate_path and private_key_path on the load balancer's host",
+                          f"remove `{k}.secret_name`; {TLS_FIX}")
+    if not docker and paths:
+        raise ConfigError(f"{k}.{paths[0]}", getattr(tls, paths[0]), "paths on a host have no meaning on the "
+                          "kubernetes target", "the TLS secrets, or `secret_name` of a `kubernetes.io/tls` Secret "
+                          "(cert-manager writes one)", f"remove the paths and set `{k}.secret_name`, or {TLS_FIX}")
+    if len(sources) != 1:
+        where = "certificate_path and private_key_path" if docker else "secret_name"
+        raise ConfigError(k, {f: getattr(tls, f) for f in ("certificate_path", "private_key_path", "secret_name")
+                              if getattr(tls, f)} or None,
+                          "HTTPS needs its certificate from exactly one source, " +
+                          (f"and this stack gives {len(sources)}: {' and '.join(sources)}" if sources else "and none is set"),
+                          f"the TLS secrets, or {where}", f"keep one: {TLS_FIX}, or set `{k}.{where.split(' and ')[0]}`")
+    for part in paths:
+        path = getattr(tls, part)
+        if posixpath.normpath(path) != path or path.startswith("//"):
+            raise ConfigError(f"{k}.{part}", path, "not a normalised absolute path (`..`, `.`, `//` or a trailing `/`)",
+                              "an absolute path of a file on the load balancer's host",
+                              f"write `{posixpath.normpath(path)}`")
+    if tls.port == cfg.load_balancer.port:
+        raise ConfigError(f"{k}.port", tls.port, "the HTTPS port is the plain HTTP port (`load_balancer.port`)",
+                          "another port (443 by default)", f"change `{k}.port` or `load_balancer.port`")
+
+
+def check_tls_material(certificate: str, private_key: str, now: datetime.datetime | None = None) -> None:
+    """The TLS secrets, read without ever showing them: a PEM certificate chain (the server's first)
+    valid now, and an unencrypted PEM private key that belongs to it. What Nginx would refuse at
+    start (or serve to clients' refusal) is refused here, before any resource."""
+    fix_cert = "`pulumi config set --secret tls_certificate < fullchain.pem` (PEM: the server's certificate, then its chain)"
+    fix_key = "`pulumi config set --secret tls_private_key < privkey.pem` (PEM, unencrypted)"
+    try:
+        chain = x509.load_pem_x509_certificates(certificate.encode())
+    except ValueError:
+        raise ConfigError("tls_certificate", SHOWN, "not a PEM certificate", "`-----BEGIN CERTIFICATE-----` blocks, "
+                          "the server's certificate first", fix_cert) from None
+    try:
+        key = serialization.load_pem_private_key(private_key.encode(), password=None)
+    except TypeError:
+        raise ConfigError("tls_private_key", SHOWN, "the private key is encrypted: Nginx would ask for its passphrase "
+                          "at every start", "an unencrypted PEM private key",
+                          f"decrypt it (`openssl pkey -in key.pem -out privkey.pem`), then {fix_key}") from None
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise ConfigError("tls_private_key", SHOWN, f"not a PEM private key ({type(e).__name__})",
+                          "`-----BEGIN PRIVATE KEY-----` (or RSA/EC PRIVATE KEY)", fix_key) from None
+    server = chain[0]
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, public) != \
+            server.public_key().public_bytes(serialization.Encoding.DER, public):
+        raise ConfigError("tls_private_key", SHOWN, f"this key does not belong to the certificate of "
+                          f"{server.subject.rfc4514_string()!r} (the first in `tls_certificate`)",
+                          "the private key of the server's certificate, which comes first in the chain",
+                          f"{fix_key} with the matching key, or put the server's certificate first")
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if server.not_valid_after_utc <= now:
+        raise ConfigError("tls_certificate", SHOWN, f"the certificate of {server.subject.rfc4514_string()!r} expired on "
+                          f"{server.not_valid_after_utc:%Y-%m-%d %H:%M} UTC", "a certificate valid now",
+                          f"renew it, then {fix_cert}")
+    if server.not_valid_before_utc > now:
+        raise ConfigError("tls_certificate", SHOWN, f"the certificate of {server.subject.rfc4514_string()!r} is valid "
+                          f"only from {server.not_valid_before_utc:%Y-%m-%d %H:%M} UTC", "a certificate valid now",
+                          f"check the clock of the machine that issued it, or wait; then {fix_cert}")
 
 
 def _check_public_api(cfg: FleetConfig) -> None:

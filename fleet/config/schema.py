@@ -17,9 +17,11 @@ HF_ID = r"^[\w.-]+/[\w.-]+$"
 # Where the replicas' Hugging Face cache is mounted (a host directory, a Docker volume or the
 # cluster's claim): every replica of a model sees the same files there.
 HF_CACHE_MOUNT = "/root/.cache/huggingface"
-SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password", "client_keys")
+SECRET_KEYS = ("hf_token", "api_key", "grafana_admin_password", "client_keys", "tls_certificate", "tls_private_key")
+# The secrets that carry Nginx's TLS certificate (PEM chain, server first) and its private key (PEM).
+TLS_SECRET_KEYS = ("tls_certificate", "tls_private_key")
 # FleetConfig fields the program fills in, never a stack file.
-INTERNAL_FIELDS = ("stack", "has_api_key", "has_hf_token", "client_key_names")
+INTERNAL_FIELDS = ("stack", "has_api_key", "has_hf_token", "client_key_names", "tls_secrets")
 # Shortest client key: the rendered config holds each key's SHA-256, which must not be guessable.
 CLIENT_KEY_MIN_CHARS = 32
 TOP_LEVEL_KEYS = ("target", "hosts", "kubernetes", "models", "load_balancer", "monitoring", "nccl_debug", "environment")
@@ -198,6 +200,23 @@ class ClientKey(Strict):
                                           "it 429. Default: no limit.")
 
 
+class Tls(Strict):
+    port: int = Field(443, ge=1, le=65535, description="Public HTTPS port of the API (published on the load balancer's "
+                      "host; the Service's port on Kubernetes). Its certificate comes from one source: the "
+                      "`tls_certificate` and `tls_private_key` secrets, the two paths, or `secret_name`.")
+    certificate_path: Optional[str] = Field(None, pattern=r"^/", description="Certificate chain (PEM, server first) on "
+                                            "the load balancer's host, mounted read-only (docker target).")
+    private_key_path: Optional[str] = Field(None, pattern=r"^/", description="Its private key (PEM, unencrypted) on "
+                                            "that host, mounted read-only (docker target).")
+    secret_name: Optional[str] = Field(None, pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", description="An "
+                                       "existing `kubernetes.io/tls` Secret in the fleet's namespace, e.g. the one a "
+                                       "cert-manager Certificate writes (kubernetes target).")
+    redirect_http: bool = Field(True, description="The plain `load_balancer.port` answers 308 to https (but `/health`); "
+                                "false: it keeps serving the API too.")
+    hsts: bool = Field(False, description="Send Strict-Transport-Security (max-age one year) on HTTPS answers: "
+                       "browsers then refuse plain HTTP to that host.")
+
+
 class LoadBalancer(Strict):
     host: Optional[str] = Field(None, description="Host that runs Nginx; default: the first host (docker target).")
     port: int = Field(80, ge=1, le=65535, description="Public port of the OpenAI-compatible API.")
@@ -217,6 +236,8 @@ class LoadBalancer(Strict):
     keys: list[ClientKey] = Field(default_factory=list, description="API keys clients use at the edge (list of key "
                                   "objects below), each with its models and limits; Nginx checks them and reaches the "
                                   "replicas with the fleet's own `api_key`.")
+    tls: Optional[Tls] = Field(None, description="Serve the API over HTTPS (HTTP/2, TLS 1.2 and 1.3) on `tls.port` "
+                               "(object below); default: plain HTTP only.")
 
 
 class Monitoring(Strict):
@@ -335,6 +356,8 @@ class FleetConfig(Strict):
     has_hf_token: bool = False
     # The names under the `client_keys` secret (None: set but unreadable offline; its values never live here).
     client_key_names: Optional[tuple[str, ...]] = ()
+    # Which of TLS_SECRET_KEYS are set (their values never live here).
+    tls_secrets: tuple[str, ...] = ()
 
     def client_names(self) -> dict[str, list[str]]:
         """Model `name` -> every name a client may send as `model` for it (served name first, then

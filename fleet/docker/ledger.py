@@ -42,7 +42,8 @@ def _role_owner(cfg: FleetConfig, spec: ContainerSpec) -> tuple[str, str]:
     if spec.role in ("prometheus", "grafana", "prometheus-targets"):
         return spec.role.capitalize() if spec.role != "prometheus-targets" else "Prometheus' targets writer", "monitoring.host"
     return {"nginx": "the load balancer (Nginx)", "nginx-exporter": "the Nginx exporter",
-            "nginx-config": "the Nginx config writer"}.get(spec.role, spec.role), "load_balancer.host"
+            "nginx-config": "the Nginx config writer", "nginx-tls": "the Nginx certificate writer"}.get(spec.role, spec.role), \
+        "load_balancer.host"
 
 
 PORT_KEYS = {"nginx": "load_balancer.port", "prometheus": "monitoring.prometheus_port", "grafana": "monitoring.grafana_port"}
@@ -63,9 +64,9 @@ def claims(cfg: FleetConfig, containers: Iterable[ContainerSpec]) -> Iterator[Cl
         owner, key = _role_owner(cfg, spec)
         yield Claim(spec.host, f"container name `{spec.name}`", ("name", spec.name), owner, key)
         for p in spec.ports:
-            movable = spec.role in PORT_KEYS and p.external == _public_port(cfg, spec.role)
+            port_key = _port_key(cfg, spec.role, p.external)
             yield Claim(spec.host, f"port {p.external} on {p.ip}", ("port", p.external, p.ip), owner,
-                        PORT_KEYS[spec.role] if movable else key, movable)
+                        port_key or key, port_key is not None)
         if spec.network_mode == "host":
             # Host networking: vLLM's API listens on the host itself, and the leader's torch
             # rendezvous (master port) on every interface.
@@ -84,9 +85,14 @@ def claims(cfg: FleetConfig, containers: Iterable[ContainerSpec]) -> Iterator[Cl
                 yield Claim(spec.host, f"core {core}", ("core", core), owner, key)
 
 
-def _public_port(cfg: FleetConfig, role: str) -> int | None:
-    return {"nginx": cfg.load_balancer.port, "prometheus": cfg.monitoring.prometheus_port,
-            "grafana": cfg.monitoring.grafana_port}.get(role)
+def _port_key(cfg: FleetConfig, role: str, port: int) -> str | None:
+    """The config key that chose `port` for a service of `role`, if the user picks it."""
+    tls = cfg.load_balancer.tls
+    if role == "nginx" and tls is not None and port == tls.port:
+        return "load_balancer.tls.port"
+    public = {"nginx": cfg.load_balancer.port, "prometheus": cfg.monitoring.prometheus_port,
+              "grafana": cfg.monitoring.grafana_port}.get(role)
+    return PORT_KEYS[role] if role in PORT_KEYS and port == public else None
 
 
 def _overlap(a: tuple, b: tuple) -> bool:

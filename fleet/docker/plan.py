@@ -20,7 +20,7 @@ from fleet.docker.container_spec import ContainerSpec, HealthCheck, Mount, Port
 from fleet.docker.ledger import check_claims, image_resource_names
 from fleet.docker.placement import ReplicaPlacement, place
 from fleet.ports import (DCGM_PORT, GRAFANA_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT,
-                         NGINX_STOP_GRACE_S, PROMETHEUS_PORT)
+                         NGINX_STOP_GRACE_S, NGINX_TLS_DIR, NGINX_TLS_PORT, PROMETHEUS_PORT, TLS_CERT_FILE, TLS_KEY_FILE)
 from fleet.render.files import PROMETHEUS_TARGETS_DIR, UPSTREAM_KEY_ENV, Scrape
 from fleet.render.templates import static
 
@@ -224,28 +224,48 @@ def _rollout_gate(cfg: FleetConfig, r: ReplicaPlan) -> ContainerSpec:
         labels=labels(cfg, "rollout-gate", **{"vllm-fleet.model": r.model.name, "vllm-fleet.replica": r.name}))
 
 
-def _file_writer(cfg: FleetConfig, role: str, host: Host, image: str, volume: str, target_dir: str) -> ContainerSpec:
+def _file_writer(cfg: FleetConfig, role: str, host: Host, image: str, volume: str, target_dir: str,
+                 private: bool = False) -> ContainerSpec:
     """A job that writes its uploads (under UPLOAD_DIR) into `volume` at `target_dir`, each file
-    atomically (a reader never sees half a file); a failed write fails `pulumi up`.
+    atomically (a reader never sees half a file); a failed write fails `pulumi up`. `private`:
+    the files are written mode 0600 (a private key: only Nginx's master, root, reads it).
 
     A changed file changes only this job's uploads: the long-running reader (Nginx, Prometheus)
     mounts the volume, notices the new file itself and is never replaced for it."""
-    script = (f'for f in {UPLOAD_DIR}/*; do n=$(basename "$f"); '
+    script = ("umask 077; " if private else "") + (f'for f in {UPLOAD_DIR}/*; do n=$(basename "$f"); '
               f'cp "$f" "{target_dir}/.$n.new"; mv -f "{target_dir}/.$n.new" "{target_dir}/$n"; done')
     return jobs.job(name=container_name(cfg, role), host=host.name, role=role, image=image, script=script,
                     timeout_s=FILE_WRITER_TIMEOUT_S, mounts=[Mount(target_dir, volume=volume)], labels=labels(cfg, role))
 
 
+def _nginx_tls(cfg: FleetConfig) -> tuple[Optional[ContainerSpec], list[Mount], list[Port]]:
+    """Where Nginx's certificate and key come from (NGINX_TLS_DIR in its container), and the HTTPS
+    port it publishes: from the TLS secrets, a job writes them into a volume of their own (its
+    uploads are Pulumi secrets, so neither file is in any plain input or rendered file); from
+    paths on the host, read-only bind mounts."""
+    tls = cfg.load_balancer.tls
+    if tls is None:
+        return None, [], []
+    ports = [Port(NGINX_TLS_PORT, tls.port, cfg.load_balancer.bind_address)]
+    if tls.certificate_path:
+        return None, [Mount(f"{NGINX_TLS_DIR}/{TLS_CERT_FILE}", host_path=tls.certificate_path, read_only=True),
+                      Mount(f"{NGINX_TLS_DIR}/{TLS_KEY_FILE}", host_path=tls.private_key_path, read_only=True)], ports
+    volume = container_name(cfg, "nginx-tls")
+    writer = _file_writer(cfg, "nginx-tls", cfg.lb_host, cfg.load_balancer.image, volume, NGINX_TLS_DIR, private=True)
+    return writer, [Mount(NGINX_TLS_DIR, volume=volume, read_only=True)], ports
+
+
 def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[ContainerSpec], list[Scrape]]:
     lb, mon, m = cfg.lb_host, cfg.monitoring_host, cfg.monitoring
     conf_volume = container_name(cfg, "nginx-conf")
+    tls, tls_mounts, tls_ports = _nginx_tls(cfg)
     services = [ContainerSpec(
         name=container_name(cfg, "nginx"), host=lb.name, role="nginx", image=cfg.load_balancer.image,
         entrypoint=["/bin/sh", NGINX_ENTRYPOINT],
         uploads={NGINX_ENTRYPOINT: static("nginx/fleet-nginx.sh")},
-        ports=[Port(NGINX_PORT, cfg.load_balancer.port, cfg.load_balancer.bind_address)]
+        ports=[Port(NGINX_PORT, cfg.load_balancer.port, cfg.load_balancer.bind_address), *tls_ports]
         + ([Port(NGINX_STATUS_PORT, NGINX_STATUS_PORT, lb.address)] if m.enabled and m.nginx_exporter and lb.name != mon.name else []),
-        mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume, read_only=True)],
+        mounts=[Mount(NGINX_CONF_DIR, volume=conf_volume, read_only=True), *tls_mounts],
         healthcheck=HealthCheck(["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{NGINX_STATUS_PORT}/stub_status"],
                                 interval_s=10, timeout_s=5, retries=3, start_period_s=10),
         labels=labels(cfg, "nginx"), start_timeout_s=60, stop_grace_s=NGINX_STOP_GRACE_S,
@@ -255,6 +275,8 @@ def _services(cfg: FleetConfig, replicas: list[ReplicaPlan]) -> tuple[list[Conta
         # Writes each new nginx.conf (and fleet.js, models.json beside it) into the volume the
         # running Nginx watches (see fleet-nginx.sh).
         _file_writer(cfg, "nginx-config", lb, cfg.load_balancer.image, conf_volume, NGINX_CONF_DIR)]
+    if tls is not None:
+        services.append(tls)
     scrapes = [Scrape("vllm", r.metrics_target, {"model": r.model.name, "replica": r.name, "host": r.host})
                for r in replicas]
     scrapes += [Scrape("vllm-otel", r.otel_target, {"model": r.model.name, "replica": r.name, "host": r.host})

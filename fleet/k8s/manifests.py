@@ -17,10 +17,11 @@ import yaml
 from fleet import rollout, vllm_command as vc
 from fleet.k8s.plan import (
     ALERT_RULES, API_PORT, FLEET_SECRET, HF_CACHE_CLAIM, NGINX_NAME, OTEL_MONITOR, SERVICE_ACCOUNT, SERVICE_PORT_NAME,
-    SHM_PATH, VLLM_MONITOR, K8sPlan, PodRole, Workload, dashboards_name, dcgm_exporter_name, grafana_admin_name, labels,
+    NGINX_TLS_SECRET, SHM_PATH, VLLM_MONITOR, K8sPlan, PodRole, Workload, dashboards_name, dcgm_exporter_name, grafana_admin_name, labels,
     pod_ports, selector_labels, workload_labels,
 )
-from fleet.ports import DCGM_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S
+from fleet.ports import (DCGM_PORT, NGINX_CONF_DIR, NGINX_EXPORTER_PORT, NGINX_PORT, NGINX_STATUS_PORT, NGINX_STOP_GRACE_S,
+                         NGINX_TLS_DIR, NGINX_TLS_PORT, TLS_CERT_FILE, TLS_KEY_FILE)
 from fleet.render.files import UPSTREAM_KEY_ENV
 from fleet.render.templates import static
 
@@ -375,10 +376,30 @@ def conf_checksum(conf: str) -> str:
     return hashlib.sha256(conf.encode()).hexdigest()
 
 
+def nginx_tls_secret(plan: K8sPlan) -> Manifest:
+    """The Secret Nginx reads its certificate and key from, made from the TLS secrets (values added
+    by the component as Pulumi secrets); with `tls.secret_name` the stack's own is mounted instead."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": meta(NGINX_TLS_SECRET, plan.namespace, nginx_labels(plan)),
+            "stringData": {TLS_CERT_FILE: "", TLS_KEY_FILE: ""}}
+
+
+def _nginx_tls(plan: K8sPlan) -> dict[str, list[dict]]:
+    """What HTTPS adds to the Nginx pods: the port, and the TLS Secret mounted where nginx.conf
+    reads it (group-readable by Nginx's group only; Nginx reads it at start, a config change rolls
+    the pods, and a renewed Secret of `secret_name` reaches them when they restart)."""
+    if plan.tls_secret is None:
+        return {"ports": [], "mounts": [], "volumes": []}
+    return {"ports": [{"name": "https", "containerPort": NGINX_TLS_PORT, "protocol": "TCP"}],
+            "mounts": [{"name": "tls", "mountPath": NGINX_TLS_DIR, "readOnly": True}],
+            "volumes": [{"name": "tls", "secret": {"secretName": plan.tls_secret, "defaultMode": 0o440}}]}
+
+
 def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
     """Nginx pods on the rendered config; a config change rolls them (checksum annotation), one
     new pod ready before an old one goes."""
     lb, mon = plan.cfg.load_balancer, plan.cfg.monitoring
+    tls = _nginx_tls(plan)
     drop_all = {"allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]}}
     nginx = {
@@ -386,7 +407,7 @@ def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
         # Straight to nginx: the image's entrypoint scripts rewrite files under /etc/nginx.
         "command": ["nginx"], "args": ["-e", "stderr", "-c", f"{NGINX_CONF_DIR}/nginx.conf", "-g", "daemon off;"],
         "ports": [{"name": "http", "containerPort": NGINX_PORT, "protocol": "TCP"},
-                  {"name": "status", "containerPort": NGINX_STATUS_PORT, "protocol": "TCP"}],
+                  {"name": "status", "containerPort": NGINX_STATUS_PORT, "protocol": "TCP"}, *tls["ports"]],
         "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 5, "failureThreshold": 2},
         "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
         # Stop taking new connections, then let streams in flight finish (nginx -s quit), before SIGTERM.
@@ -398,7 +419,8 @@ def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
         **({"env": [{"name": UPSTREAM_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": FLEET_SECRET, "key": "api_key"}}}]}
            if lb.keys and plan.cfg.has_api_key else {}),
         "volumeMounts": [{"name": "conf", "mountPath": NGINX_CONF_DIR, "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}, {"name": "cache", "mountPath": "/var/cache/nginx"}],
+                         {"name": "tmp", "mountPath": "/tmp"}, {"name": "cache", "mountPath": "/var/cache/nginx"},
+                         *tls["mounts"]],
     }
     containers = [nginx]
     if mon.enabled and mon.nginx_exporter:
@@ -430,12 +452,13 @@ def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": NGINX_STOP_GRACE_S,  # streams finish on the old pod
                     "securityContext": {"runAsNonRoot": True, "runAsUser": NGINX_UID, "runAsGroup": NGINX_UID,
-                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                                        "seccompProfile": {"type": "RuntimeDefault"},
+                                        **({"fsGroup": NGINX_UID} if tls["volumes"] else {})},
                     "affinity": _spread(nginx_selector(plan)),
                     "containers": containers,
                     "volumes": [{"name": "conf", "configMap": {"name": NGINX_NAME}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                                {"name": "cache", "emptyDir": {"sizeLimit": "64Mi"}}],
+                                {"name": "cache", "emptyDir": {"sizeLimit": "64Mi"}}, *tls["volumes"]],
                 },
             },
         },
@@ -445,6 +468,8 @@ def nginx_deployment(plan: K8sPlan, conf: str) -> Manifest:
 def nginx_service(plan: K8sPlan) -> Manifest:
     spec: dict[str, Any] = {"type": plan.k8s.service_type, "selector": nginx_selector(plan),
                             "ports": [{"name": "http", "port": plan.cfg.load_balancer.port, "targetPort": "http", "protocol": "TCP"}]}
+    if plan.tls_secret is not None:
+        spec["ports"].append({"name": "https", "port": plan.cfg.load_balancer.tls.port, "targetPort": "https", "protocol": "TCP"})
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": meta(NGINX_NAME, plan.namespace, nginx_labels(plan), plan.k8s.service_annotations or None),
             "spec": spec}
@@ -458,7 +483,8 @@ def nginx_disruption_budget(plan: K8sPlan) -> Manifest:
 
 
 def nginx_network_policy(plan: K8sPlan) -> Manifest:
-    rules: list[dict] = [{"ports": [{"port": NGINX_PORT, "protocol": "TCP"}]}]  # the public API, from anywhere
+    public = [NGINX_PORT] + ([NGINX_TLS_PORT] if plan.tls_secret is not None else [])
+    rules: list[dict] = [{"ports": [{"port": p, "protocol": "TCP"} for p in public]}]  # the public API, from anywhere
     mon = plan.cfg.monitoring
     if mon.enabled and mon.nginx_exporter:
         rules.append({"from": [_from_monitoring(plan)], "ports": [{"port": NGINX_EXPORTER_PORT, "protocol": "TCP"}]})

@@ -54,6 +54,8 @@ PART_OF = "vllm-fleet"
 SERVICE_ACCOUNT = "vllm-fleet"  # no API token: nothing in the fleet talks to the Kubernetes API
 FLEET_SECRET = "vllm-fleet-secrets"
 NGINX_NAME = "vllm-fleet-nginx"
+# The `kubernetes.io/tls` Secret the fleet makes from the TLS secrets (`load_balancer.tls.secret_name` names another).
+NGINX_TLS_SECRET = f"{NGINX_NAME}-tls"
 HF_CACHE_CLAIM = "hf-cache"
 VLLM_MONITOR = "vllm-fleet-vllm"
 OTEL_MONITOR = "vllm-fleet-vllm-otel"
@@ -164,10 +166,17 @@ class K8sPlan:
     def upstreams(self) -> dict[str, list[str]]:
         return {w.model.name: w.endpoints for w in self.workloads}
 
-    def nginx_files(self, key_hashes: Mapping[str, str] = MappingProxyType({})) -> dict[str, str]:
+    def nginx_files(self, key_hashes: Mapping[str, str] = MappingProxyType({}), tls_sha256: str = "") -> dict[str, str]:
         """The same renderer as the Docker target, with the replicas' Service addresses
-        (`key_hashes`: client key name -> its SHA-256, from the `client_keys` secret)."""
-        return nginx_files(self.cfg, self.upstreams(), key_hashes=key_hashes)
+        (`key_hashes`: client key name -> its SHA-256, from the `client_keys` secret; `tls_sha256`:
+        the digest of the `tls_certificate` secret)."""
+        return nginx_files(self.cfg, self.upstreams(), key_hashes=key_hashes, tls_sha256=tls_sha256)
+
+    @property
+    def tls_secret(self) -> Optional[str]:
+        """The `kubernetes.io/tls` Secret Nginx's pods mount: the stack's own, or the fleet's."""
+        tls = self.cfg.load_balancer.tls
+        return None if tls is None else tls.secret_name or NGINX_TLS_SECRET
 
     def alert_rules(self) -> str:
         return alert_rules(self.cfg)
@@ -247,6 +256,9 @@ def objects(cfg: FleetConfig, workloads: list[Workload]) -> list[Claim]:
     fleet(SERVICE_ACCOUNT_KIND, SERVICE_ACCOUNT, "the fleet's service account")
     if cfg.has_api_key or cfg.has_hf_token:
         fleet(SECRET, FLEET_SECRET, "the fleet's Secret (API key, HF token)")
+    tls = cfg.load_balancer.tls
+    if tls is not None and not tls.secret_name:
+        fleet(SECRET, NGINX_TLS_SECRET, "the load balancer's TLS Secret (from tls_certificate and tls_private_key)")
     if k8s.hf_cache.type == "pvc":
         fleet("v1/PersistentVolumeClaim", HF_CACHE_CLAIM, "the Hugging Face cache claim")
     for kind, rule in ((CONFIGMAP, names.DNS_SUBDOMAIN), ("apps/v1/Deployment", names.DNS_SUBDOMAIN),

@@ -16,7 +16,8 @@ from types import MappingProxyType
 
 from fleet.config.images import NGINX_NJS_MODULE
 from fleet.config.schema import FleetConfig
-from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT, NGINX_UPSTREAM_KEEPALIVE_S
+from fleet.ports import (NGINX_PORT, NGINX_STATUS_PORT, NGINX_TLS_DIR, NGINX_TLS_PORT, NGINX_UPSTREAM_KEEPALIVE_S,
+                         TLS_CERT_FILE, TLS_KEY_FILE)
 from fleet.render.templates import HEADER, render, static
 
 GRAFANA_DASHBOARD_DIR = "/etc/grafana/dashboards"
@@ -97,12 +98,21 @@ def nginx_keys(cfg: FleetConfig, key_hashes: Mapping[str, str]) -> str:
 
 
 def nginx_files(cfg: FleetConfig, upstreams: dict[str, list[str]], *, key_hashes: Mapping[str, str] = MappingProxyType({}),
-                njs_module: str = NGINX_NJS_MODULE) -> dict[str, str]:
+                njs_module: str = NGINX_NJS_MODULE, tls_sha256: str = "") -> dict[str, str]:
     """Everything Nginx reads, file name -> content, to be written into one directory.
-    `key_hashes`: client key name -> `key_hash` of its value (from the `client_keys` secret)."""
+    `key_hashes`: client key name -> `key_hash` of its value (from the `client_keys` secret);
+    `tls_sha256`: `certificate_sha256` of the `tls_certificate` secret, when Nginx's certificate is it."""
     keys = nginx_keys(cfg, key_hashes)
     return {NGINX_JS: static(f"nginx/{NGINX_JS}"), NGINX_KEYS: keys, NGINX_MODELS: nginx_models(cfg),
-            NGINX_CONF: nginx_conf(cfg, upstreams, njs_module=njs_module, keys_sha256=_sha256(keys))}
+            NGINX_CONF: nginx_conf(cfg, upstreams, njs_module=njs_module, keys_sha256=_sha256(keys),
+                                   tls_sha256=tls_sha256)}
+
+
+def certificate_sha256(certificate: str) -> str:
+    """The digest of the `tls_certificate` secret that nginx.conf names: a new certificate (and so
+    its key, which must match it) changes nginx.conf, which reloads Nginx (Docker) or rolls its pods
+    (Kubernetes). A certificate is public, and so is its digest; the key's never appears."""
+    return _sha256(certificate.strip())
 
 
 def _sha256(text: str) -> str:
@@ -110,11 +120,20 @@ def _sha256(text: str) -> str:
 
 
 def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module: str = NGINX_NJS_MODULE,
-               keys_sha256: str = "") -> str:
+               keys_sha256: str = "", tls_sha256: str = "") -> str:
     """`upstreams` maps each model name to its replicas' `host:port`, in replica order;
     `njs_module` is where the image keeps Nginx's JavaScript module; `keys_sha256` the digest of
-    keys.json (its change must change nginx.conf, which is what triggers a reload)."""
+    keys.json and `tls_sha256` the certificate's (their change must change nginx.conf, which is
+    what triggers a reload)."""
     lb = cfg.load_balancer
+    tls = None
+    if lb.tls is not None:
+        # Both targets put the certificate and key at the same paths (a Docker volume or bind
+        # mounts, the Secret's volume on Kubernetes); redirects name the public port, not Nginx's.
+        tls = {"listen_port": NGINX_TLS_PORT, "certificate": f"{NGINX_TLS_DIR}/{TLS_CERT_FILE}",
+               "private_key": f"{NGINX_TLS_DIR}/{TLS_KEY_FILE}", "redirect": lb.tls.redirect_http,
+               "hsts": lb.tls.hsts, "port_suffix": "" if lb.tls.port == 443 else f":{lb.tls.port}",
+               "cert_sha256": tls_sha256}
     limits = [{"name": k.name, "var": "fleet_key_" + k.name.replace("-", "_"), "rpm": k.requests_per_minute,
                "concurrent": k.max_concurrent, "retry_after_s": math.ceil(60 / k.requests_per_minute)
                if k.requests_per_minute else 1} for k in lb.keys]
@@ -126,7 +145,7 @@ def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module:
         "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
         njs_module=njs_module, js_file=NGINX_JS, models_file=NGINX_MODELS, keys_file=NGINX_KEYS,
         js_sha256=_sha256(static(f"nginx/{NGINX_JS}")), models_sha256=_sha256(nginx_models(cfg)),
-        keys_sha256=keys_sha256, client_keys=bool(lb.keys), limits=limits, upstream_key_env=UPSTREAM_KEY_ENV,
+        keys_sha256=keys_sha256, tls=tls, client_keys=bool(lb.keys), limits=limits, upstream_key_env=UPSTREAM_KEY_ENV,
         policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
         fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, keepalive_timeout_s=NGINX_UPSTREAM_KEEPALIVE_S,
         listen_port=NGINX_PORT,

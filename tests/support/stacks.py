@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 from fleet.config.errors import PROJECT
-from fleet.config.schema import SECRET_KEYS
+from fleet.config.schema import SECRET_KEYS, TLS_SECRET_KEYS
+from support.tls import server_pair
 from tools.mock_run import MockRun, read_stack_file, run_program, stack_config
 
 STACKS = ("local", "staging", "prod")
@@ -41,6 +42,9 @@ def run_raw(stack: str, raw: dict, secrets: dict[str, str] | None = None, run: M
     """Run the program with raw config values; `secrets` (and the secrets `raw` marks as set, with
     a stand-in value) are passed as Pulumi secrets."""
     marked = {k: f"test-stand-in-{k}" for k, v in raw.items() if v is True and k in SECRET_KEYS}
+    for k in TLS_SECRET_KEYS:  # PEM: a certificate and the key that belongs to it
+        if k in marked:
+            marked[k] = server_pair().secrets[k]
     if "client_keys" in marked:  # a map of the declared key names to stand-in keys
         names = [k["name"] for k in (raw.get("load_balancer") or {}).get("keys", [])]
         marked["client_keys"] = json.dumps({n: f"test-stand-in-client-key-{n}-{'0' * 32}" for n in names})
