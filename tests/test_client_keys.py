@@ -71,6 +71,8 @@ def test_keys_with_an_unknown_limit_key_are_refused_like_any_field():
 # --- the rendered Nginx checking keys (real nginx + njs, fake replicas) --------------------------
 
 INTERNAL = "fleet-internal-" + "K3yF0rR3pl1c4sOnlyXyZ12345"
+# A key only the burst test spends, so its bucket is full when that test starts.
+EDGE_KEYS = {**KEYS, "burst": "sk-burst-" + "B8nM3vC6xZ1aS4dF7gH2jK5lQ9wE0rT"}
 
 
 class _Replica(http.server.BaseHTTPRequestHandler):
@@ -108,11 +110,12 @@ def replica(label: str) -> http.server.ThreadingHTTPServer:
 def keyed_config():
     raw = with_keys(raw_stack("local"),
                     {"name": "team-a", "models": ["qwen"], "requests_per_minute": 3},
-                    {"name": "team-b", "max_concurrent": 1})
+                    {"name": "team-b", "max_concurrent": 1},
+                    {"name": "burst", "requests_per_minute": 3})
     second = copy.deepcopy(raw["models"][0])
     second.update(name="qwen-b", served_model_name="qwen-b-chat", replicas=1)
     raw["models"].append(second)
-    raw["client_keys"] = list(KEYS)
+    raw["client_keys"] = list(EDGE_KEYS)
     return parse_config(raw, "local")
 
 
@@ -123,7 +126,7 @@ def edge(tmp_path_factory):
     replicas = {m.name: replica(m.name) for m in cfg.models}
     runtime = nginx_runtime_dir("vllm-fleet-keys-")
     port = free_port()
-    hashes = key_hashes(json.dumps(KEYS))
+    hashes = key_hashes(json.dumps(EDGE_KEYS))
     files = nginx_files(cfg, {m: [f"127.0.0.1:{r.server_port}"] for m, r in replicas.items()}, key_hashes=hashes)
     for name, text in files.items():
         if name == NGINX_CONF:
@@ -189,13 +192,14 @@ def test_a_key_limited_to_other_models_gets_404_and_sees_only_its_own(edge):
 
 def test_a_burst_over_a_keys_rate_gets_429_with_retry_after_and_other_keys_are_unaffected(edge):
     body = {"model": "Qwen/Qwen2.5-0.5B-Instruct", "prompt": "hi"}
-    statuses = [call(edge, "POST", "/v1/completions", body, KEYS["team-a"]) for _ in range(6)]
+    statuses = [call(edge, "POST", "/v1/completions", body, EDGE_KEYS["burst"]) for _ in range(6)]
     codes = [s for s, _, _ in statuses]
-    assert codes.count(429) >= 2 and codes[0] == 200, codes  # 3 a minute: earlier tests spent some
+    # A full bucket of 3, refilled one every 20 s: only a 20 s stall could let a fourth through.
+    assert codes[:3] == [200] * 3 and codes[3:].count(429) >= 2, codes
     status, headers, got = next(x for x in statuses if x[0] == 429)
     openai_error(status, got, 429, "rate_limit_exceeded")
     assert headers.get("Retry-After") == "20"  # 60 s / 3 requests
-    assert "team-a" in got["error"]["message"]
+    assert "burst" in got["error"]["message"]
     for _ in range(6):
         assert call(edge, "POST", "/v1/completions", body, KEYS["team-b"])[0] == 200
 

@@ -196,7 +196,7 @@ class ClientKey(Strict):
                               "model `name`s) this key may use; empty: all of them.")
     requests_per_minute: Optional[int] = Field(None, ge=1, le=6_000_000, description="Requests per minute; beyond "
                                                "it 429 with Retry-After. Default: no limit.")
-    max_concurrent: Optional[int] = Field(None, ge=1, le=100_000, description="Requests in flight at once; beyond "
+    max_concurrent: Optional[int] = Field(None, ge=1, le=65_535, description="Requests in flight at once; beyond "
                                           "it 429. Default: no limit.")
 
 
