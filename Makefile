@@ -12,12 +12,12 @@ POLICY_VENV := policy/.venv
 
 # Debian tools the tests run for real: nginx with its JavaScript module (nginx -t, the live load
 # balancer, model routing), Prometheus (promtool, the live Prometheus) and the Nginx exporter (the
-# dashboard's Nginx panels, live).
+# dashboard's Nginx panels, live), and curl (an HTTP/2 client for the TLS tests).
 system-deps:
-	@if ! command -v nginx >/dev/null || ! test -f /usr/lib/nginx/modules/ngx_http_js_module.so || ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null; then \
-	  echo "installing nginx, its njs module, prometheus and the nginx exporter (Debian packages)"; \
+	@if ! command -v nginx >/dev/null || ! test -f /usr/lib/nginx/modules/ngx_http_js_module.so || ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null || ! command -v curl >/dev/null; then \
+	  echo "installing nginx, its njs module, prometheus, the nginx exporter and curl (Debian packages)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-http-js prometheus prometheus-nginx-exporter >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-http-js prometheus prometheus-nginx-exporter curl >/dev/null; \
 	fi
 
 # The program's own dependencies: all that `make up` needs.

@@ -71,7 +71,7 @@ def nginx_models(cfg: FleetConfig) -> str:
 
 def key_hash(key: str) -> str:
     """What Nginx keeps of a client key (fleet.js hashes the presented one the same way)."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    return _sha256(key)
 
 
 def key_hashes(client_keys: str) -> dict[str, str]:
