@@ -61,6 +61,7 @@ from dataplane_bench import machine  # noqa: E402  (bench/ is on sys.path as the
 RESULTS = ROOT / "bench" / "results"
 PREROUTING_TEMPLATE = ROOT / "bench" / "prerouting_nginx.conf.j2"
 KEYED, UNKEYED, PREROUTING, DIRECT = "njs routing + keys", "njs routing, no keys", "pre-routing (fd738dc)", "direct (no proxy)"
+AFFINITY = "njs routing + keys + prefix affinity"
 # The benchmark's key never limits (the largest rate the schema allows), but both limits are
 # configured, so their per-request cost is in the measurement; two more keys make a real table.
 BENCH_KEYS = [{"name": "bench", "requests_per_minute": 6_000_000, "max_concurrent": 10_000},
@@ -103,7 +104,10 @@ class Edge:
 def edges(cfg: FleetConfig, upstreams: dict[str, list[str]], fleet_key: str, client_key: str) -> list[Edge]:
     unkeyed = cfg.model_copy(update={"load_balancer": cfg.load_balancer.model_copy(update={"keys": []})})
     hashes = {"bench": key_hash(client_key), **{k["name"]: key_hash(f"sk-{k['name']}-unused-{'x' * 32}") for k in BENCH_KEYS[1:]}}
+    affinity = cfg.model_copy(update={"load_balancer": cfg.load_balancer.model_copy(update={"policy": "prefix_affinity"})})
     return [
+        Edge(AFFINITY, nginx_files(affinity, upstreams, key_hashes=hashes), {**os.environ, UPSTREAM_KEY_ENV: fleet_key},
+             client_key),
         Edge(KEYED, nginx_files(cfg, upstreams, key_hashes=hashes), {**os.environ, UPSTREAM_KEY_ENV: fleet_key}, client_key),
         Edge(UNKEYED, nginx_files(unkeyed, upstreams), dict(os.environ), fleet_key),
         Edge(PREROUTING, {NGINX_CONF: prerouting_conf(unkeyed, upstreams)}, dict(os.environ), fleet_key, njs=False),
@@ -229,6 +233,41 @@ def load(port: int, bodies: list[bytes], auth: str, concurrency: int) -> tuple[l
     return samples, time.perf_counter() - t0
 
 
+def load_at_rate(port: int, bodies: list[bytes], auth: str, rate: float) -> tuple[list[Sample], float]:
+    """Open loop: request i is sent at i / `rate` seconds whatever the answers do (on a kept-alive
+    connection that is free then, or a new one), as independent clients arrive; (samples, wall s).
+    Below every variant's capacity, each delivers the same requests/s: the load is the same, and
+    what differs is latency and Nginx's CPU."""
+    async def main() -> list[Sample]:
+        idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        out: list[Sample] = []
+        t0 = time.perf_counter()
+
+        async def one(i: int, body: bytes) -> None:
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
+            request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                       f"Authorization: Bearer {auth}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            try:
+                sample, keep = await exchange(reader, writer, request)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                sample, keep = Sample(False, float("nan"), float("nan")), False
+            out.append(sample)
+            if keep:
+                idle.append((reader, writer))
+            else:
+                writer.close()
+
+        await asyncio.gather(*(one(i, b) for i, b in enumerate(bodies)))
+        for _, writer in idle:
+            writer.close()
+        return out
+
+    t0 = time.perf_counter()
+    samples = asyncio.run(main())
+    return samples, time.perf_counter() - t0
+
+
 def group_cpu_s(pgid: int) -> float:
     """CPU seconds (user + system) of every live process in group `pgid` (Nginx's master and workers)."""
     tick, total = os.sysconf("SC_CLK_TCK"), 0
@@ -255,9 +294,10 @@ class Run:
 
 
 def measure(port: int, pgid: Optional[int], bodies: list[bytes], auth: str, concurrency: int, rnd: int,
-            tokens_per_request: int = 0) -> Run:
+            tokens_per_request: int = 0, rate: Optional[float] = None) -> Run:
+    """One run: closed loop over `concurrency` connections, or open loop at `rate` requests/s."""
     cpu0 = group_cpu_s(pgid) if pgid else 0.0
-    samples, wall = load(port, bodies, auth, concurrency)
+    samples, wall = load_at_rate(port, bodies, auth, rate) if rate else load(port, bodies, auth, concurrency)
     cpu = (group_cpu_s(pgid) - cpu0) if pgid else 0.0
     ok = [s for s in samples if s.ok]
     return Run(rnd, len(samples), len(samples) - len(ok), wall, cpu, [s.ttft_s * 1000 for s in ok],
@@ -265,7 +305,7 @@ def measure(port: int, pgid: Optional[int], bodies: list[bytes], auth: str, conc
 
 
 def interleaved(targets: dict[str, tuple[int, Optional[int], str]], bodies: list[bytes], concurrency: int, rounds: int,
-                label: str, tokens_per_request: int = 0) -> dict[str, list[Run]]:
+                label: str, tokens_per_request: int = 0, rate: Optional[float] = None) -> dict[str, list[Run]]:
     names = list(targets)
     runs: dict[str, list[Run]] = {n: [] for n in names}
     for name in names:  # warm-up: connections, upstream keepalive, first-request costs
@@ -274,7 +314,7 @@ def interleaved(targets: dict[str, tuple[int, Optional[int], str]], bodies: list
     for rnd in range(1, rounds + 1):
         for name in names[rnd % len(names):] + names[: rnd % len(names)]:
             port, pgid, auth = targets[name]
-            run = measure(port, pgid, bodies, auth, concurrency, rnd, tokens_per_request)
+            run = measure(port, pgid, bodies, auth, concurrency, rnd, tokens_per_request, rate)
             runs[name].append(run)
             print(f"{label} round {rnd:2d} {name:24s} {run.units / run.wall_s:8.0f}/s  TTFT p50 "
                   f"{percentile(run.ttft_ms, 50):8.3f} ms  p99 {percentile(run.ttft_ms, 99):8.3f} ms  "
@@ -320,10 +360,13 @@ def table(rows: list[dict], unit: str) -> list[str]:
 
 
 def verdict(rows: list[dict]) -> str:
-    keyed = next(r for r in rows if r["variant"] == KEYED)
-    ok = keyed["ttft_p50_delta_ms"] <= 1.0 and keyed["tput_ratio"] >= 0.98
-    return (f"{KEYED} vs {PREROUTING}: TTFT p50 {keyed['ttft_p50_delta_ms']:+.2f} ms (goal ≤ +1 ms), throughput "
-            f"{keyed['tput_ratio']:.3f}× (goal ≥ 0.98×): {'met' if ok else 'NOT met'}")
+    out = []
+    for r in rows:
+        if r["variant"] in (KEYED, AFFINITY):
+            ok = r["ttft_p50_delta_ms"] <= 1.0 and r["tput_ratio"] >= 0.98
+            out.append(f"{r['variant']} vs {PREROUTING}: TTFT p50 {r['ttft_p50_delta_ms']:+.2f} ms (goal ≤ +1 ms), "
+                       f"throughput {r['tput_ratio']:.3f}× (goal ≥ 0.98×): {'met' if ok else 'NOT met'}")
+    return "; ".join(out)
 
 
 def write_markdown(result: dict, path: Path) -> None:
@@ -349,9 +392,15 @@ def write_markdown(result: dict, path: Path) -> None:
         "",
         *table(result["fake_latency"], "requests/s"),
         "",
-        f"Throughput, {a['fake_concurrency']} connections, {a['fake_requests']} requests per run:",
+        f"Capacity (closed loop: each connection sends its next request when the last ended), "
+        f"{a['fake_concurrency']} connections, {a['fake_requests']} requests per run:",
         "",
         *table(result["fake_throughput"], "requests/s"),
+        "",
+        f"The same load (open loop: requests sent at {result['same_load_rate']} per second whatever the answers do, "
+        f"{a['same_load_share']:.0%} of the slowest variant's capacity above), {a['same_load_s']:.0f} s per run:",
+        "",
+        *table(result["fake_same_load"], "requests/s"),
         "",
         f"## 2. Two vLLM CPU replicas (tiny model, `--load-format dummy`), {a['vllm_concurrency']} connections, "
         f"{a['vllm_requests']} requests of {a['vllm_tokens']} tokens per run",
@@ -361,7 +410,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "## Against the goal (p50 TTFT within 1 ms, throughput ≥ 0.98×)",
         "",
         f"- fake upstream, latency: {verdict(result['fake_latency'])}",
-        f"- fake upstream, throughput: {verdict(result['fake_throughput'])}",
+        f"- fake upstream, capacity: {verdict(result['fake_throughput'])}",
+        f"- fake upstream, the same load ({result['same_load_rate']}/s): {verdict(result['fake_same_load'])}",
         f"- vLLM replicas: {verdict(result['vllm'])}",
         "",
         "Plot: `edge.png`; every run: `edge.json`. Reproduce with `make bench-edge`.",
@@ -376,10 +426,12 @@ def plot(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(14, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(20, 8))
     panels = [("fake_latency", "ttft", "fake upstream, 1 connection: TTFT (ms)"),
-              ("fake_throughput", "rate", "fake upstream, {c} connections: requests/s"),
+              ("fake_throughput", "rate", "fake upstream, capacity ({c} connections): requests/s"),
               ("fake_throughput", "cpu", "fake upstream: Nginx CPU per request (µs)"),
+              ("fake_same_load", "ttft", "fake upstream, the same load ({r}/s): TTFT (ms)"),
+              ("fake_same_load", "rate", "fake upstream, the same load ({r}/s): requests/s"),
               ("vllm", "rate", "2 vLLM CPU replicas: output tokens/s")]
     for ax, (key, what, title) in zip(axes.flat, panels):
         rows = result[key]
@@ -399,7 +451,7 @@ def plot(result: dict, path: Path) -> None:
             ax.barh(y, vals, color="#8172B2")
         ax.set_yticks(y, names)
         ax.invert_yaxis()
-        ax.set_title(title.format(c=result["args"]["fake_concurrency"]), fontsize=10)
+        ax.set_title(title.format(c=result["args"]["fake_concurrency"], r=result.get("same_load_rate")), fontsize=10)
     m = result["machine"]
     fig.suptitle(f"Nginx edge: njs routing + keys vs without keys vs pre-routing — {m['cpu']}, {m['nproc']} cores, {m['date']}")
     fig.tight_layout()
@@ -423,6 +475,9 @@ def main() -> int:
     ap.add_argument("--vllm-requests", type=int, default=48)
     ap.add_argument("--vllm-concurrency", type=int, default=4)
     ap.add_argument("--vllm-tokens", type=int, default=16)
+    ap.add_argument("--same-load-share", type=float, default=0.5,
+                    help="open-loop rate as a share of the slowest variant's closed-loop capacity")
+    ap.add_argument("--same-load-s", type=float, default=4.0, help="seconds of requests per open-loop run")
     ap.add_argument("--skip-vllm", action="store_true")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -453,6 +508,11 @@ def main() -> int:
                                                        args.rounds, "fake c=1"))
         result["fake_throughput"] = summarize(interleaved(fake, bodies(args.fake_requests, SSE_EVENTS, {}),
                                                           args.fake_concurrency, args.rounds, f"fake c={args.fake_concurrency}"))
+        # The same load for every variant: open loop at a share of the slowest variant's capacity.
+        rate = args.same_load_share * min(r["rate"] for r in result["fake_throughput"])
+        result["same_load_rate"] = round(rate)
+        result["fake_same_load"] = summarize(interleaved(fake, bodies(int(rate * args.same_load_s), SSE_EVENTS, {}),
+                                                         args.fake_concurrency, args.rounds, f"fake {rate:.0f}/s", rate=rate))
     if not args.skip_vllm:
         with data_plane(workdir / "vllm", cfg=cfg, monitoring=False, client_keys={"bench": client_key}) as dp, \
                 contextlib.ExitStack() as stack:
@@ -460,6 +520,7 @@ def main() -> int:
             fleet_key = dp.api_key  # the replicas check it: the variants without client keys send it
             real = targets(stack, dp.upstreams(), (dp.replicas[0].port, None))
             real.pop(DIRECT)  # one replica of two: not the same load; the proxies' differences are the point
+            real.pop(AFFINITY)  # identical prompts: one conversation, one replica (tests/live show its effect)
             result["vllm"] = summarize(interleaved(real, bodies(args.vllm_requests, args.vllm_tokens, {"ignore_eos": True}),
                                                    args.vllm_concurrency, args.vllm_rounds, "vllm", args.vllm_tokens))
             result["startup_s"] = dp.startup_s
@@ -471,7 +532,7 @@ def main() -> int:
         plot(result, args.out / "edge.png")
         print((args.out / "edge.md").read_text())
     else:
-        for key in ("fake_latency", "fake_throughput"):
+        for key in ("fake_latency", "fake_throughput", "fake_same_load"):
             print("\n".join(table(result[key], "requests/s")))
     print(f"total {result['total_s']} s")
     shutil.rmtree(workdir, ignore_errors=True)

@@ -18,6 +18,7 @@ from tools.mock_run import MockRun, is_secret, read_stack_file, run_program, sta
 from tools.offline_render import k8s_manifests
 from fleet.render.templates import static
 from support.stacks import raw_stack, run_raw, stack_run
+from support.real_tools import upstream_servers
 
 # Kubernetes stacks are kept apart from support.stacks.STACKS: those tests are about Docker containers.
 K8S_STACKS = ("prod-k8s",)
@@ -68,11 +69,6 @@ def container(template: dict) -> dict:
 
 def env_of(c: dict) -> dict[str, dict]:
     return {e["name"]: e for e in c.get("env", [])}
-
-
-def upstream_servers(conf: str) -> dict[str, list[str]]:
-    blocks = re.findall(r"upstream (\S+) \{(.*?)\}", conf, re.S)
-    return {name: re.findall(r"server (\S+) max_fails", body) for name, body in blocks}
 
 
 def nginx_conf(stack_or_run) -> str:

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import http.client
-import http.server
 import json
-import os
-import shutil
-import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
 from fleet.config.load import parse_config
 from fleet.config.schema import FleetConfig
-from fleet.render.files import nginx_conf, nginx_models
-from support.dataplane import adapt_nginx_conf, nginx_argv, nginx_runtime_dir, wait_port, write_nginx_files
+from fleet.render.files import nginx_models
+from support.edge import Gateway, echo_upstream, gateways
 from support.lockstep import LockstepUpstream, Recording
-from support.processes import free_port, start, stop
-from support.stacks import raw_stack, require_tool
+from support.processes import free_port
+from support.stacks import raw_stack
 
 # vLLM 0.32's OpenAI-compatible endpoints whose JSON body names the model
 # (vllm/entrypoints/*: api_router routes under /v1).
@@ -55,84 +48,11 @@ def one_model() -> FleetConfig:
     return parse_config(raw, "local")
 
 
-class _Echo(http.server.BaseHTTPRequestHandler):
-    """A replica that says who it is and what it got; with a `key`, it answers 401 without it, as
-    vLLM's --api-key does."""
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        out = json.dumps({"upstream": self.server.label, "method": self.command, "path": self.path,
-                          "body_sha256": hashlib.sha256(body).hexdigest()}).encode()
-        status = 200
-        if self.server.key and self.headers.get("Authorization") != f"Bearer {self.server.key}":
-            status, out = 401, b'{"error": "Unauthorized"}'
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
-
-    do_GET = do_POST = do_DELETE = _answer
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def echo_upstream(label: str, key: str | None = None) -> http.server.ThreadingHTTPServer:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-    server.label, server.key = label, key
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-@dataclass
-class Gateway:
-    cfg: FleetConfig
-    port: int
-    runtime: Path
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: Mapping[str, str] | None = None) -> tuple[int, dict]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body, {"Content-Type": "application/json", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
-
-    def post(self, path: str, doc) -> tuple[int, dict]:
-        return self.request("POST", path, json.dumps(doc).encode())
-
-
 @pytest.fixture(scope="module")
 def gateway_for(tmp_path_factory) -> Iterator:
     """Starts the rendered Nginx for a config and `upstreams` (model name -> servers)."""
-    started: list[tuple] = []
-
-    def make(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> Gateway:
-        require_tool("nginx")
-        runtime = nginx_runtime_dir("vllm-fleet-routing-")
-        port = free_port()
-        conf = adapt_nginx_conf(nginx_conf(cfg, upstreams), listen_port=port, status_port=free_port(), runtime_dir=runtime)
-        (runtime / "nginx.conf").write_text(conf)
-        write_nginx_files(cfg, runtime)
-        log = tmp_path_factory.mktemp("nginx") / "nginx.log"
-        proc = start(nginx_argv(runtime, runtime / "nginx.conf"), env=dict(os.environ), log_path=log)
-        started.append((proc, runtime))
-        wait_port(port, 30, proc, log)
-        return Gateway(cfg, port, runtime, log)
-
-    yield make
-    for proc, runtime in started:
-        stop(proc, timeout=10)
-        shutil.rmtree(runtime, ignore_errors=True)
+    with gateways(lambda: tmp_path_factory.mktemp("nginx")) as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +109,7 @@ def test_an_audio_upload_is_routed_by_its_form_field(fleet):
 def test_the_access_log_names_the_model_each_request_was_routed_by(fleet):
     fleet.post("/v1/completions", {"model": "qwen-b-sql", "prompt": "log me"})
     line = next(line for line in reversed(fleet.log.read_text().splitlines()) if "POST /v1/completions" in line)
-    assert 'model="qwen-b-sql" upstream=127.0.0.1:' in line, line
+    assert 'model="qwen-b-sql" route="' in line and " upstream=127.0.0.1:" in line, line
 
 
 def test_the_path_per_model_form_still_reaches_its_model_whatever_the_body_says(fleet):

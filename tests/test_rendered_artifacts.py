@@ -32,7 +32,7 @@ def test_nginx_accepts_the_rendered_config(stack, tmp_path):
     assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
 
 
-@pytest.mark.parametrize("policy", ["least_conn", "round_robin", "session_affinity"])
+@pytest.mark.parametrize("policy", ["prefix_affinity", "least_conn", "round_robin", "session_affinity"])
 def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
     require_tool("nginx")
     from support.stacks import raw_stack, run_raw
@@ -43,8 +43,14 @@ def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
     conf = rendered_nginx_conf(run)
     result = nginx_test(conf, tmp_path, nginx_beside(run))
     assert result.returncode == 0, result.stderr
-    assert ("least_conn;" in conf) == (policy == "least_conn")
+    upstreams = conf.split("\n    upstream ")[1:]
+    own = [u for u in upstreams if "_overflow " not in u.split("\n")[0]]
+    assert all(("least_conn;" in u) == (policy == "least_conn") for u in own)
     assert ("hash $http_x_session_id consistent;" in conf) == (policy == "session_affinity")
+    assert ("hash $fleet_route_key consistent;" in conf) == (policy == "prefix_affinity")
+    # Only prefix affinity bounds a replica, and then every model has a least_conn overflow.
+    assert ("max_conns=" in conf) == (policy == "prefix_affinity")
+    assert len(upstreams) == len(own) * (2 if policy == "prefix_affinity" else 1)
 
 
 @pytest.mark.parametrize("stack", STACKS)

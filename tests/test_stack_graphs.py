@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import yaml
 
 from support.stacks import STACKS, stack_run, stack_secrets
+from support.real_tools import upstream_servers as servers_of
 from fleet.config import images
 from tools.mock_run import SECRET_MARK, is_secret
 from pulumi.runtime import rpc
@@ -52,9 +52,7 @@ def nginx_beside(run) -> dict[str, str]:
 
 
 def upstream_servers(stack: str) -> dict[str, list[str]]:
-    conf = rendered_nginx_conf(stack_run(stack))
-    blocks = re.findall(r"upstream (\S+) \{(.*?)\}", conf, re.S)
-    return {name: re.findall(r"server (\S+) max_fails", body) for name, body in blocks}
+    return servers_of(rendered_nginx_conf(stack_run(stack)))
 
 
 def scrape_groups(stack_or_run, job: str) -> list[dict]:
@@ -221,7 +219,7 @@ def test_scaling_replicas_in_the_config_changes_upstreams_and_targets_together()
     raw["hosts"][0]["cpus"] = 6
     run = run_raw("local", raw)
     conf = rendered_nginx_conf(run)
-    assert re.findall(r"server (\S+) max_fails", conf) == ["local-qwen-0:8000", "local-qwen-1:8000", "local-qwen-2:8000"]
+    assert servers_of(conf) == {"vllm_qwen": ["local-qwen-0:8000", "local-qwen-1:8000", "local-qwen-2:8000"]}
     assert [g["labels"]["replica"] for g in scrape_groups(run, "vllm")] == ["qwen-0", "qwen-1", "qwen-2"]
 
 

@@ -161,16 +161,16 @@ function multipartModel(r) {
     return end < 0 ? undefined : body.slice(start + 4, end).toString();
 }
 
-// The name the client asked for: a string, undefined when the request names none, or null after
-// an error was answered.
-function requestedModel(r) {
+// The request's JSON body: an object, undefined when there is none (GET, DELETE, an empty POST, a
+// multipart upload), or null after an error was answered.
+function jsonBody(r) {
     var type = r.headersIn['Content-Type'] || '';
     if (type.toLowerCase().indexOf('multipart/form-data') === 0) {
-        return multipartModel(r);
+        return undefined;
     }
     var text = r.requestText;
     if (!text) {
-        return undefined;  // GET, DELETE, an empty POST
+        return undefined;
     }
     var body;
     try {
@@ -183,6 +183,15 @@ function requestedModel(r) {
         refuse(r, 400, 'The request body must be a JSON object.', null, null);
         return null;
     }
+    return body;
+}
+
+// The name the client asked for (`body`: jsonBody's answer): a string, undefined when the request
+// names none, or null after an error was answered.
+function requestedModel(r, body) {
+    if (body === undefined) {
+        return multipartModel(r);
+    }
     if (body.model === undefined || body.model === null) {
         return undefined;
     }
@@ -193,6 +202,79 @@ function requestedModel(r) {
     return body.model;
 }
 
+// --- prefix affinity ---------------------------------------------------------------------------
+// `prefix_affinity` keeps a conversation on the replica that holds its prefix in vLLM's cache:
+// Nginx hashes $fleet_route_key onto its replicas (`hash ... consistent`, each replica bounded by
+// max_conns). The key names the conversation, not just the start every request shares: the
+// session header when the client sends one; for chat (`messages`, the Responses API's `input`
+// list) the instructions and system messages with the first user message, which every later turn
+// repeats unchanged (a shared system prompt alone would send every conversation to one replica);
+// for a text prompt its first PREFIX_CHARS characters (PREFIX_TOKENS ids for a token prompt).
+// A request with none of these (an upload) gets its own request id: spread like round robin.
+var PREFIX_CHARS = 2048;
+var PREFIX_TOKENS = 512;
+
+function text(value) {
+    return typeof value === 'string' ? value : JSON.stringify(value === undefined ? null : value);
+}
+
+// The part of a message list that stays the same for the whole conversation, or undefined.
+function conversationStart(messages) {
+    var parts = [];
+    for (var i = 0; i < messages.length; i++) {
+        var m = messages[i];
+        if (m === null || typeof m !== 'object') {
+            return undefined;
+        }
+        parts.push(text(m.role), text(m.content));
+        if (m.role === 'user') {
+            return parts.join('\u0000');
+        }
+    }
+    return parts.length ? parts.join('\u0000') : undefined;
+}
+
+function promptStart(prompt) {
+    if (typeof prompt === 'string') {
+        return prompt.slice(0, PREFIX_CHARS);
+    }
+    if (Array.isArray(prompt) && prompt.length) {
+        if (typeof prompt[0] === 'number') {
+            return JSON.stringify(prompt.slice(0, PREFIX_TOKENS));
+        }
+        return promptStart(prompt[0]);  // a batch of prompts: the first one's replica
+    }
+    return undefined;
+}
+
+function routeMaterial(r, body) {
+    var session = r.headersIn[fleet_models.routing.session_header];
+    if (session) {
+        return 'session\u0000' + session;
+    }
+    if (!body) {
+        return undefined;
+    }
+    if (Array.isArray(body.messages)) {
+        return conversationStart(body.messages);
+    }
+    var start = Array.isArray(body.input) ? conversationStart(body.input) : promptStart(body.input);
+    if (start !== undefined && body.instructions) {
+        start = text(body.instructions) + '\u0000' + start;
+    }
+    return start !== undefined ? start : promptStart(body.prompt);
+}
+
+// Sets $fleet_route_key (what the upstream hashes and the access log shows: a digest, never the text).
+function setRouteKey(r, body) {
+    if (fleet_models.routing.policy !== 'prefix_affinity') {
+        return;
+    }
+    var material = routeMaterial(r, body);
+    r.variables.fleet_route_key = material === undefined ? r.variables.request_id
+        : crypto.createHash('sha1').update(material).digest('hex').slice(0, 16);
+}
+
 // js_content of /v1/: pick the upstream by the body's model, then hand the request (its body
 // already in memory) to @fleet_upstream, which proxies with the server's settings.
 function route(r) {
@@ -200,7 +282,11 @@ function route(r) {
     if (key === null) {
         return;
     }
-    var name = requestedModel(r);
+    var body = jsonBody(r);
+    if (body === null) {
+        return;
+    }
+    var name = requestedModel(r, body);
     if (name === null) {
         return;
     }
@@ -219,6 +305,7 @@ function route(r) {
     }
     r.variables.fleet_model = name;
     r.variables.fleet_upstream = fleet_models.routes[name];
+    setRouteKey(r, body);
     r.internalRedirect('@fleet_upstream');
 }
 
@@ -254,16 +341,37 @@ async function models(r) {
     r.return(200, JSON.stringify({object: 'list', data: data}));
 }
 
-// js_content of /models/<name>/v1/ with client keys ($fleet_prefix: that model's upstream): the
-// key must be allowed a name routed there, and the body's `model`, when it names one, itself.
+// js_content of /models/<name>/v1/ with client keys or prefix affinity ($fleet_prefix: that model's
+// upstream): the key must be allowed a name routed there, and the body's `model`, when it names
+// one, itself.
 function prefixed(r) {
     var key = checkedKey(r);
     if (key === null) {
         return;
     }
     var upstream = r.variables.fleet_prefix;
+    if (key === undefined) {
+        // No client keys (here only for prefix affinity): the replica checks the request itself,
+        // as before; Nginx only names the conversation.
+        var loose;
+        try {
+            loose = JSON.parse(r.requestText || 'null');
+        } catch (e) {
+            loose = null;
+        }
+        loose = loose !== null && typeof loose === 'object' && !Array.isArray(loose) ? loose : undefined;
+        r.variables.fleet_model = loose && typeof loose.model === 'string' ? loose.model : '';
+        r.variables.fleet_upstream = upstream;
+        setRouteKey(r, loose);
+        r.internalRedirect('@fleet_prefixed');
+        return;
+    }
     var mine = visible(key).filter(function (n) { return fleet_models.routes[n] === upstream; });
-    var name = requestedModel(r);
+    var body = jsonBody(r);
+    if (body === null) {
+        return;
+    }
+    var name = requestedModel(r, body);
     if (name === null) {
         return;
     }
@@ -274,6 +382,7 @@ function prefixed(r) {
     }
     r.variables.fleet_model = name || mine[0];
     r.variables.fleet_upstream = upstream;
+    setRouteKey(r, body);
     r.internalRedirect('@fleet_prefixed');
 }
 

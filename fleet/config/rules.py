@@ -35,6 +35,7 @@ def check_config(cfg: FleetConfig) -> None:
     _check_models(cfg)
     if cfg.target == "docker":
         _check_roles_and_ports(cfg)
+    _check_balancing(cfg)
     _check_client_keys(cfg)
     _check_tls(cfg)
     _check_public_api(cfg)
@@ -153,6 +154,25 @@ def _check_models(cfg: FleetConfig) -> None:
         # vLLM's own option table (fleet.config.vllm_flags) and the program's environment (vllm_env).
         check_extra_args(m, i)
         check_env(m, i)
+
+
+# Headers that name the client, the body or the connection rather than a conversation: hashing
+# one would put all of a client's conversations (or every request) on one replica.
+NOT_SESSION_HEADERS = ("authorization", "host", "content-type", "content-length", "transfer-encoding", "connection",
+                       "user-agent", "accept", "accept-encoding", "cookie", "x-forwarded-for", "x-real-ip",
+                       "x-forwarded-proto")
+
+
+def _check_balancing(cfg: FleetConfig) -> None:
+    lb = cfg.load_balancer
+    if lb.affinity_bound is not None and lb.policy != "prefix_affinity":
+        raise ConfigError("load_balancer.affinity_bound", lb.affinity_bound, f"only prefix_affinity bounds a replica; "
+                          f"policy is {lb.policy}", "affinity_bound with policy: prefix_affinity",
+                          "remove affinity_bound, or set `load_balancer.policy: prefix_affinity`")
+    if lb.session_header.lower() in NOT_SESSION_HEADERS:
+        raise ConfigError("load_balancer.session_header", lb.session_header, "a header that names the client or the "
+                          "request, not a conversation: every request of one client would reach one replica",
+                          "a header of the client's own, e.g. X-Session-ID", "set another header name")
 
 
 def _check_lora(cfg: FleetConfig, i: int) -> None:

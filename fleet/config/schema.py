@@ -221,10 +221,18 @@ class LoadBalancer(Strict):
     host: Optional[str] = Field(None, description="Host that runs Nginx; default: the first host (docker target).")
     port: int = Field(80, ge=1, le=65535, description="Public port of the OpenAI-compatible API.")
     bind_address: str = Field("0.0.0.0", description="Address the public port binds to (docker target).")
-    policy: Literal["least_conn", "round_robin", "session_affinity"] = Field(
-        "least_conn", description="Balancing policy; `session_affinity` hashes `session_header`."
+    policy: Literal["prefix_affinity", "least_conn", "round_robin", "session_affinity"] = Field(
+        "prefix_affinity", description="Balancing policy. `prefix_affinity`: each conversation stays on the replica "
+        "holding its prefix cache, keyed by `session_header` when sent, else by the request's start (system and "
+        "first user message, or a prompt's first 2,048 characters), with `affinity_bound` requests in flight per "
+        "replica before the next one takes the overflow. `session_affinity` hashes `session_header` only, unbounded."
     )
-    session_header: str = Field("X-Session-ID", pattern=r"^[A-Za-z0-9-]+$", description="Header that pins a session to a replica.")
+    session_header: str = Field("X-Session-ID", pattern=r"^[A-Za-z0-9-]+$", description="Header that pins a session "
+                                "to a replica (`session_affinity`, `prefix_affinity`).")
+    affinity_bound: Optional[int] = Field(None, ge=1, le=65_535, description="`prefix_affinity`: requests in flight a "
+                                          "replica takes for its own conversations before Nginx sends the next one to "
+                                          "the following replica. Default: the model's `max_num_seqs`, else 256 "
+                                          "(vLLM's smallest default): beyond it a replica queues.")
     connect_timeout_s: int = Field(5, ge=1, le=75, description="Upstream connect timeout.")
     read_timeout_s: int = Field(3600, ge=60, le=86400, description="Longest silence while a generation runs.")
     send_timeout_s: int = Field(600, ge=10, le=86400, description="Longest pause sending a request upstream.")
@@ -251,6 +259,11 @@ class Monitoring(Strict):
     replica_down_for: str = Field("1m", pattern=r"^[0-9]+(s|m|h)$", description="How long a replica is down before the alert fires.")
     queue_alert_threshold: int = Field(32, ge=1, description="Waiting requests per replica that count as a backlog.")
     ttft_p99_alert_s: float = Field(5.0, gt=0, description="p99 time to first token that alerts.")
+    prefix_cache_hit_alert: float = Field(
+        0.2, ge=0, le=1, description="`prefix_affinity`: share of a model's prompt tokens found in the prefix cache "
+        "below which, with traffic, for 30 minutes, `VllmPrefixCacheHitRateLow` fires; 0 disables it. Each turn of a "
+        "conversation kept on its replica re-reads the earlier turns from cache (often over half the prompt), so "
+        "0.2 means affinity is not working or the workload shares no prefixes.")
     gpu_exporter: bool = Field(True, description="Run the DCGM exporter on every GPU host.")
     nginx_exporter: bool = Field(True, description="Run the Nginx exporter beside the load balancer.")
     prometheus_image: str = Field(images.PROMETHEUS, description="Prometheus image (docker target; on Kubernetes the chart pins it).")

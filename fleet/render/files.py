@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from fleet.config.images import NGINX_NJS_MODULE
-from fleet.config.schema import FleetConfig
+from fleet.config.schema import FleetConfig, Model
 from fleet.ports import (NGINX_PORT, NGINX_STATUS_PORT, NGINX_TLS_DIR, NGINX_TLS_PORT, NGINX_UPSTREAM_KEEPALIVE_S,
                          TLS_CERT_FILE, TLS_KEY_FILE)
 from fleet.render.templates import HEADER, render, static
@@ -31,6 +31,7 @@ NGINX_CONF = "nginx.conf"
 # With client keys, the variable through which Nginx gets the fleet's own api_key (a secret in its
 # environment, never in a file) to authenticate to the replicas.
 UPSTREAM_KEY_ENV = "FLEET_UPSTREAM_KEY"
+DEFAULT_AFFINITY_BOUND = 256
 
 
 @dataclass
@@ -66,7 +67,17 @@ def nginx_models(cfg: FleetConfig) -> str:
             cards.append({"id": adapter.name, "object": "model", "owned_by": "vllm", "root": adapter.source,
                           "parent": m.client_model_name})
             routes[adapter.name] = upstream_name(m.name)
-    return json.dumps({"managed_by": HEADER, "routes": routes, "models": cards}, indent=1) + "\n"
+    lb = cfg.load_balancer
+    routing = {"policy": lb.policy, "session_header": lb.session_header}
+    return json.dumps({"managed_by": HEADER, "routes": routes, "models": cards, "routing": routing}, indent=1) + "\n"
+
+
+def affinity_bound(cfg: FleetConfig, m: Model) -> int:
+    """Requests in flight one replica of `m` takes under `prefix_affinity` before Nginx sends a
+    conversation hashed to it to the next replica: `load_balancer.affinity_bound`, else what vLLM
+    runs at once (the model's max_num_seqs, or 256, vLLM's default on CPUs and smaller GPUs):
+    past that a replica only queues. The alert rules read the same number."""
+    return cfg.load_balancer.affinity_bound or m.max_num_seqs or DEFAULT_AFFINITY_BOUND
 
 
 def key_hash(key: str) -> str:
@@ -138,14 +149,16 @@ def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module:
                "concurrent": k.max_concurrent, "retry_after_s": math.ceil(60 / k.requests_per_minute)
                if k.requests_per_minute else 1} for k in lb.keys]
     default = cfg.models[0].name
-    blocks = [{"name": upstream_name(m.name), "servers": upstreams[m.name],
-               "prefix": f"/models/{m.name}/"} for m in cfg.models]
+    bounded = lb.policy == "prefix_affinity"
+    blocks = [{"name": upstream_name(m.name), "servers": upstreams[m.name], "prefix": f"/models/{m.name}/",
+               "bound": affinity_bound(cfg, m) if bounded else None} for m in cfg.models]
     largest = max(len(s) for s in upstreams.values())
     return render(
         "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
         njs_module=njs_module, js_file=NGINX_JS, models_file=NGINX_MODELS, keys_file=NGINX_KEYS,
         js_sha256=_sha256(static(f"nginx/{NGINX_JS}")), models_sha256=_sha256(nginx_models(cfg)),
         keys_sha256=keys_sha256, tls=tls, client_keys=bool(lb.keys), limits=limits, upstream_key_env=UPSTREAM_KEY_ENV,
+        bounded=bounded, njs_prefixed=bool(lb.keys) or bounded,
         policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
         fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, keepalive_timeout_s=NGINX_UPSTREAM_KEEPALIVE_S,
         listen_port=NGINX_PORT,
@@ -171,9 +184,13 @@ def prometheus_targets(scrapes: list[Scrape]) -> dict[str, str]:
 
 def alert_rules(cfg: FleetConfig) -> str:
     m = cfg.monitoring
+    # prefix_affinity only: each model's bound, the `max_conns` nginx_conf gives its servers.
+    bounds = ([{"model": model.name, "bound": affinity_bound(cfg, model)} for model in cfg.models]
+              if cfg.load_balancer.policy == "prefix_affinity" else [])
     return render("prometheus/alerts.yml.j2", replica_down_for=m.replica_down_for,
                   queue_alert_threshold=m.queue_alert_threshold, ttft_p99_alert_s=m.ttft_p99_alert_s,
-                  gpu_alerts=m.gpu_exporter and cfg.has_gpus, nginx_alerts=m.nginx_exporter)
+                  gpu_alerts=m.gpu_exporter and cfg.has_gpus, nginx_alerts=m.nginx_exporter,
+                  affinity_bounds=bounds, prefix_cache_hit_alert=m.prefix_cache_hit_alert)
 
 
 def grafana_files(cfg: FleetConfig, prometheus_url: str) -> dict[str, str]:

@@ -21,6 +21,18 @@ def debian_njs(conf: str) -> str:
     return out
 
 
+def upstream_servers(conf: str) -> dict[str, list[str]]:
+    """Each upstream of nginx.conf -> its servers. A model's `<name>_overflow` upstream (prefix
+    affinity: where requests wait when every replica is at its bound) must list exactly the same
+    servers; it is checked here and left out of the answer."""
+    blocks = {name: re.findall(r"server (\S+) max_fails", body)
+              for name, body in re.findall(r"upstream (\S+) \{(.*?)\}", conf, re.S)}
+    for name, servers in blocks.items():
+        if name.endswith("_overflow"):
+            assert servers == blocks[name.removesuffix("_overflow")], (name, servers)
+    return {name: servers for name, servers in blocks.items() if not name.endswith("_overflow")}
+
+
 def upstream_hosts(conf: str) -> list[str]:
     """Host names (not IPs) that the config's upstream servers use."""
     names = re.findall(r"^\s*server ([^\s:;]+)", conf, re.M)
