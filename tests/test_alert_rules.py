@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.stacks import require_tool
+from support.stacks import STACKS, raw_stack, require_tool
+from fleet.config.load import parse_config
+from fleet.render.files import affinity_bound, alert_rules
 from fleet.render.templates import TemplateError, render
 from tests.support.grafana_queries import vllm_exported_series, vllm_series_in
 
@@ -26,8 +28,12 @@ UNIT_TEST_VALUES = {
     "ttft_p99_alert_s": 5.0,
     "gpu_alerts": True,
     "nginx_alerts": True,
+    # load_balancer.policy prefix_affinity, with two models' bounds
+    "affinity_bounds": [{"model": "qwen", "bound": 4}, {"model": "llama", "bound": 8}],
+    "prefix_cache_hit_alert": 0.2,
 }
 ALWAYS = {"vllm-replicas"}
+AFFINITY_GROUP = "prefix-affinity"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,21 @@ def rules(**overrides) -> str:
 
 
 def alerts(text: str) -> dict[str, dict]:
-    return {rule["alert"]: rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"]}
+    return {rule["alert"]: rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "alert" in rule}
+
+
+def records(text: str) -> list[dict]:
+    return [rule for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "record" in rule]
+
+
+def group_names(text: str) -> set[str]:
+    return {group["name"] for group in yaml.safe_load(text)["groups"]}
+
+
+def stack_config(stack: str, **load_balancer):
+    raw = raw_stack(stack)
+    raw["load_balancer"] = {**raw.get("load_balancer", {}), **load_balancer}
+    return parse_config(raw, stack)
 
 
 def promtool_run(promtool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -74,8 +94,42 @@ def test_the_gpu_and_nginx_groups_come_and_go_with_their_switches(promtool, tmp_
     text = rules(gpu_alerts=gpu_alerts, nginx_alerts=nginx_alerts)
     result = check_rules(promtool, text, tmp_path)
     assert result.returncode == 0, explain(result)
-    groups = {group["name"] for group in yaml.safe_load(text)["groups"]}
+    groups = group_names(text) - {AFFINITY_GROUP}
     assert groups == ALWAYS | ({"gpu"} if gpu_alerts else set()) | ({"nginx"} if nginx_alerts else set())
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_each_shipped_stack_records_the_affinity_load_of_every_model_over_its_own_bound(promtool, tmp_path, stack):
+    cfg = stack_config(stack)
+    assert cfg.load_balancer.policy == "prefix_affinity", f"{stack} no longer uses prefix_affinity: test another stack"
+    text = alert_rules(cfg)
+    result = check_rules(promtool, text, tmp_path)
+    assert result.returncode == 0, explain(result)
+    load = {rule["labels"]["model"]: rule["expr"] for rule in records(text) if rule["record"] == "fleet:affinity_load:ratio"}
+    assert load.keys() == {m.name for m in cfg.models}
+    for m in cfg.models:
+        assert f'model="{m.name}"' in load[m.name] and load[m.name].rstrip().endswith(f") / {affinity_bound(cfg, m)}"), m.name
+    rendered = alerts(text)
+    assert {"VllmPrefixCacheHitRateLow", "VllmAffinitySpillOver"} <= set(rendered)
+    assert f"< {cfg.monitoring.prefix_cache_hit_alert}\n" in rendered["VllmPrefixCacheHitRateLow"]["expr"]
+
+
+@pytest.mark.parametrize("policy", ["least_conn", "round_robin", "session_affinity"])
+def test_without_prefix_affinity_there_is_no_bound_and_no_affinity_group(promtool, tmp_path, policy):
+    text = alert_rules(stack_config("prod", policy=policy))
+    result = check_rules(promtool, text, tmp_path)
+    assert result.returncode == 0, explain(result)
+    assert AFFINITY_GROUP not in group_names(text)
+    assert not records(text)
+
+
+def test_a_zero_hit_rate_threshold_drops_only_the_hit_rate_alert(promtool, tmp_path):
+    text = rules(prefix_cache_hit_alert=0)
+    result = check_rules(promtool, text, tmp_path)
+    assert result.returncode == 0, explain(result)
+    assert "VllmPrefixCacheHitRateLow" not in alerts(text)
+    assert "VllmAffinitySpillOver" in alerts(text)
+    assert {r["record"] for r in records(text)} == {"fleet:affinity_load:ratio", "fleet:prefix_cache_hit:ratio_rate5m"}
 
 
 def test_every_alert_has_a_promtool_unit_test_where_it_fires():
@@ -100,19 +154,22 @@ def test_every_alert_has_a_severity_and_summary_description_runbook(name):
     assert all(text.strip() for text in rule["annotations"].values()), name
 
 
-def test_the_alerts_read_only_series_that_vllm_exports():
+def test_the_alerts_and_recording_rules_read_only_series_that_vllm_exports():
     exported = vllm_exported_series()
-    unknown = {name: sorted(vllm_series_in(rule["expr"]) - exported)
-               for name, rule in alerts(rules()).items() if vllm_series_in(rule["expr"]) - exported}
+    named = [(rule.get("alert") or rule["record"], rule["expr"]) for rule in [*alerts(rules()).values(), *records(rules())]]
+    unknown = {name: sorted(vllm_series_in(expr) - exported) for name, expr in named if vllm_series_in(expr) - exported}
     assert not unknown, f"series vLLM does not export: {unknown}"
 
 
 def test_the_stack_values_reach_the_rules():
-    rendered = alerts(rules(replica_down_for="3m", queue_alert_threshold=7, ttft_p99_alert_s=2.5))
+    rendered = alerts(rules(replica_down_for="3m", queue_alert_threshold=7, ttft_p99_alert_s=2.5,
+                            prefix_cache_hit_alert=0.35))
     assert rendered["VllmReplicaDown"]["for"] == "3m"
     assert "3m" in rendered["VllmReplicaDown"]["annotations"]["description"]
     assert rendered["VllmRequestBacklog"]["expr"].endswith("> 7")
     assert rendered["VllmSlowFirstToken"]["expr"].endswith("> 2.5")
+    assert "< 0.35\n" in rendered["VllmPrefixCacheHitRateLow"]["expr"]
+    assert "less than 35% of the prompt tokens" in rendered["VllmPrefixCacheHitRateLow"]["annotations"]["description"]
 
 
 def test_the_rendered_file_says_it_is_managed_by_vllm_fleet():

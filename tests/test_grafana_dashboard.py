@@ -1,7 +1,8 @@
 """The Grafana dashboard (files/grafana/dashboards/vllm-fleet.json) and its provisioning.
 
 Every query is handed to `promtool check rules` as a recording rule, so a query that Prometheus
-would reject fails here rather than as an empty panel.
+would reject fails here rather than as an empty panel; the series it reads are vLLM's own or
+recorded by our rules (files/prometheus/alerts.yml.j2).
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import subprocess
 import pytest
 import yaml
 
-from support.stacks import require_tool
-from fleet.render.files import GRAFANA_DASHBOARD_DIR
+from support.stacks import raw_stack, require_tool
+from fleet.config.load import parse_config
+from fleet.render.files import GRAFANA_DASHBOARD_DIR, alert_rules
 from fleet.render.templates import FILES
 from tests.support.grafana_queries import (
     DASHBOARD,
@@ -27,6 +29,10 @@ from tests.support.grafana_queries import (
 PROVISIONING = FILES / "grafana" / "provisioning" / "dashboards.yml"
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
 GRID_COLUMNS = 24
+# Our recording rules, `fleet:<what>:<how>`.
+RECORDED = re.compile(r"fleet:[\w:]+")
+# A shipped stack with load_balancer.policy prefix_affinity: it renders every recording rule.
+AFFINITY_STACK = "prod"
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +101,37 @@ def test_every_vllm_selector_is_filtered_by_the_model_variable(dashboard):
     for panel, target in targets(dashboard):
         for selector in re.findall(r'(?:vllm:\w+|up)\{[^}]*job="vllm"[^}]*\}|vllm:\w+\{[^}]*\}', target["expr"]):
             assert 'model=~"$model"' in selector, f"panel {panel['title']!r}: {selector}"
+
+
+def test_every_recorded_series_is_filtered_by_the_model_variable(dashboard):
+    for panel, target in targets(dashboard):
+        for name in RECORDED.findall(target["expr"]):
+            selector = re.search(re.escape(name) + r"(\{[^}]*\})?", target["expr"]).group(1) or ""
+            assert 'model=~"$model"' in selector, f"panel {panel['title']!r}: {name}{selector}"
+
+
+@pytest.fixture(scope="module")
+def affinity_rules() -> dict:
+    cfg = parse_config(raw_stack(AFFINITY_STACK), AFFINITY_STACK)
+    assert cfg.load_balancer.policy == "prefix_affinity", f"{AFFINITY_STACK} no longer uses prefix_affinity"
+    return yaml.safe_load(alert_rules(cfg))
+
+
+def test_the_queries_read_only_series_our_rules_record(dashboard, affinity_rules):
+    recorded = {rule["record"] for group in affinity_rules["groups"] for rule in group["rules"] if "record" in rule}
+    unknown = {panel["title"]: sorted(set(RECORDED.findall(t["expr"])) - recorded)
+               for panel, t in targets(dashboard) if set(RECORDED.findall(t["expr"])) - recorded}
+    assert not unknown, f"series no rule records: {unknown}"
+
+
+def test_the_spill_over_panel_draws_its_line_where_the_alert_fires(dashboard, affinity_rules):
+    (alert,) = [r for g in affinity_rules["groups"] for r in g["rules"] if r.get("alert") == "VllmAffinitySpillOver"]
+    (panel,) = [p for p in panels(dashboard) if p["title"] == "Spill-over: share of time at the bound"]
+    steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert alert["expr"].strip().endswith(f"> {steps[-1]['value']}"), (alert["expr"], steps)
+    share = alert["expr"].strip().rsplit(" > ", 1)[0]
+    assert share in panel["targets"][0]["expr"].replace('{model=~"$model"}', ""), (share, panel["targets"][0]["expr"])
 
 
 def test_every_query_is_valid_promql(promtool, tmp_path):

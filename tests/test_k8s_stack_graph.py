@@ -326,7 +326,7 @@ def test_prometheus_rule_is_exactly_our_alert_rules_including_gpu_and_nginx_aler
     rule = of_kind(run, "PrometheusRule")["vllm-fleet-alerts"]
     cfg = build_k8s_plan(_cfg("prod-k8s")).cfg
     assert rule["spec"]["groups"] == yaml.safe_load(alert_rules(cfg))["groups"]
-    assert {g["name"] for g in rule["spec"]["groups"]} == {"vllm-replicas", "nginx", "gpu"}
+    assert {g["name"] for g in rule["spec"]["groups"]} == {"vllm-replicas", "prefix-affinity", "nginx", "gpu"}
 
 
 def test_monitors_label_series_the_way_the_alerts_and_dashboard_expect():

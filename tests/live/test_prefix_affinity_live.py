@@ -12,7 +12,10 @@ session header.
    request of a conversation whose replica is busy runs on the other replica at once, while header
    session affinity queues it behind the first (`vllm:num_requests_waiting`).
 
-One module-scoped data plane (no monitoring): ~2 min to start on 2 cores.
+3. What operators see: the dashboard's prefix-affinity panels (hit rate per replica, load against
+   the bound, spill-over) return data from the real Prometheus with the rendered recording rules.
+
+One module-scoped data plane with Prometheus: ~2 min to start on 2 cores.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import openai
 import pytest
 
 from support.dataplane import DataPlane, data_plane
+from support.grafana_queries import dashboard_queries
 from support.dataplane import test_config as live_config  # not collected as a test
 
 pytestmark = pytest.mark.live
@@ -44,7 +48,7 @@ def dp(tmp_path_factory):
     cfg = live_config(replicas=2, policy="prefix_affinity")
     model = cfg.models[0].model_copy(update={"max_num_seqs": 1, "enable_prefix_caching": True})
     cfg = cfg.model_copy(update={"models": [model]})
-    with data_plane(tmp_path_factory.mktemp("affinity-live"), cfg=cfg, monitoring=False,
+    with data_plane(tmp_path_factory.mktemp("affinity-live"), cfg=cfg, monitoring=True,
                     replica_env={"VLLM_SERVER_DEV_MODE": "1"}) as plane:
         yield plane
 
@@ -108,14 +112,14 @@ def busy_pair(dp: DataPlane, policy: str) -> list[tuple[float, float]]:
     replicas' running and waiting counts while both are in flight."""
     dp.start_nginx(policy)
     dp.wait_idle()
-    messages = [{"role": "user", "content": document(99) + "\nSummarise the document."}]
+    messages = [{"role": "user", "content": document(99)[:300] + "\nSummarise the document."}]
     headers = {"X-Session-ID": "hot"} if policy == "session_affinity" else {}
     errors: list[BaseException] = []
 
     def generate() -> None:
         try:
             with client(dp) as c:
-                c.chat.completions.create(model=dp.model, messages=messages, max_tokens=400, extra_headers=headers,
+                c.chat.completions.create(model=dp.model, messages=messages, max_tokens=1500, extra_headers=headers,
                                           extra_body={"ignore_eos": True})
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
@@ -124,8 +128,7 @@ def busy_pair(dp: DataPlane, policy: str) -> list[tuple[float, float]]:
     threads[0].start()
     wait_until(lambda: sum(r for r, _ in running_and_waiting(dp)) == 1)
     threads[1].start()
-    wait_until(lambda: sum(r + w for r, w in running_and_waiting(dp)) == 2)
-    seen = running_and_waiting(dp)
+    seen = poll(lambda: running_and_waiting(dp), lambda state: sum(r + w for r, w in state) == 2)
     for t in threads:
         t.join(300)
     assert not errors, errors
@@ -140,8 +143,38 @@ def test_a_busy_replica_passes_the_conversations_next_request_on_instead_of_queu
     assert sorted(queued) == [(0, 0), (1, 1)], queued  # unbounded affinity: the second waits behind the first
 
 
+def poll(read, until, timeout: float = 60):
+    """`read()` until `until(value)` holds; that value (one reading, not a later one)."""
+    deadline = time.monotonic() + timeout
+    while not until(value := read()):
+        assert time.monotonic() < deadline, f"timed out; last {value}"
+        time.sleep(0.05)
+    return value
+
+
 def wait_until(condition, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_the_dashboards_affinity_panels_have_data_from_the_recording_rules(dp):
+    affinity = [e for e in dashboard_queries() if "fleet:" in e or "prefix_cache" in e]
+    assert len(affinity) >= 4 and any("fleet:affinity_load" in e for e in affinity), affinity
+    dp.start_nginx("prefix_affinity")
+    messages = [{"role": "user", "content": "Write a long story."}]
+    threads = [threading.Thread(target=lambda: client(dp).chat.completions.create(
+        model=dp.model, messages=messages, max_tokens=3000, extra_body={"ignore_eos": True}), daemon=True)
+        for _ in range(2)]
+    for t in threads:
+        t.start()
+    # Both replicas at their bound (1) until Prometheus has recorded it: what the spill-over panel shows.
+    wait_until(lambda: len(dp.query("fleet:affinity_load:ratio >= 1")) == 2, timeout=120)
+    for t in threads:
+        t.join(300)
+    time.sleep(3 * dp.cfg.monitoring.scrape_interval_s + 1)
+    empty = [e for e in affinity if not dp.query(e)]
+    assert not empty, "panels without data:\n" + "\n".join(empty)
+    spill = dp.query("max_over_time(fleet:affinity_load:ratio[5m])")
+    assert sorted(r["metric"]["replica"] for r in spill) == sorted(r.name for r in dp.replicas), spill
