@@ -8,7 +8,7 @@ LOCAL_PASSPHRASE := vllm-fleet-local
 CHECKOV_VENV := .venv-checkov
 POLICY_VENV := policy/.venv
 
-.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs pulumi-cli bench bench-edge
+.PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs pulumi-cli bench bench-edge bench-routing
 
 # Debian tools the tests run for real: nginx with its JavaScript module (nginx -t, the live load
 # balancer, model routing), Prometheus (promtool, the live Prometheus) and the Nginx exporter (the
@@ -68,16 +68,24 @@ test-live: setup
 
 # Data-plane benchmark (not a test, ~6 min): 2 real vLLM CPU replicas; direct vs our Nginx (each
 # policy) vs the seed's nginx.conf vs vllm-router. Writes bench/results/dataplane.{md,png}.
-# Then the edge benchmark (bench-edge).
+# Then the edge benchmark (bench-edge) and the routing benchmark (bench-routing).
 bench: setup
 	$(PY) bench/dataplane_bench.py
 	$(PY) bench/edge_bench.py
+	$(PY) bench/routing_bench.py
 
 # What the njs layer costs (not a test, ~5 min): today's nginx.conf with client keys, without, and
 # the pre-routing one (commit fd738dc), against a fake SSE upstream (Nginx's own cost) and 2 real
 # vLLM CPU replicas. Writes bench/results/edge.{json,md,png}.
 bench-edge: setup
 	$(PY) bench/edge_bench.py
+
+# Load-balancing policies under multi-turn chat (not a test, ~12 min): 2 real vLLM CPU replicas
+# (prefix caching on, KV capped) behind each policy's rendered Nginx and vllm-router cache_aware,
+# three chat workloads. Writes bench/results/routing-cpu.{json,md,png}; the H200 run:
+# bench/routing/README.md.
+bench-routing: setup
+	$(PY) bench/routing_bench.py
 
 render: $(VENV)/.installed
 	PULUMI_CONFIG_PASSPHRASE=$${PULUMI_CONFIG_PASSPHRASE:-$(if $(filter local,$(STACK)),$(LOCAL_PASSPHRASE),)} \

