@@ -6,6 +6,7 @@ at its bound passes a hot conversation's next request to another replica instead
 from __future__ import annotations
 
 import collections
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -163,3 +164,14 @@ def wait_for(condition, timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_make_plan_names_the_policy_and_each_models_bound_and_how_to_size_it():
+    from tools.plan_report import plan_text
+
+    default = plan_text(config())
+    assert "Balancing: prefix_affinity" in default and "about 1.1 x your peak requests in flight" in default
+    assert re.search(r"^qwen\s+2\s+256$", default, re.M), default
+    sized = plan_text(config(affinity_bound=9))
+    assert re.search(r"^qwen\s+2\s+9$", sized, re.M) and "about 1.1 x" not in sized
+    assert "Balancing: least_conn" in plan_text(config(policy="least_conn"))

@@ -26,6 +26,7 @@ from fleet.capacity.memory import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVE
 from fleet.docker.plan import DockerPlan, build_plan
 from fleet.ports import NGINX_STOP_GRACE_S
 from fleet.k8s.plan import K8sPlan, build_k8s_plan
+from fleet.render.files import affinity_bound
 from tools.mock_run import read_stack_file, stack_config
 
 
@@ -172,6 +173,28 @@ def rollout_lines(cfg: FleetConfig) -> list[str]:
     return _table(rows, ["model", "replicas", "replaced", "requests in flight drain", "next replica once"])
 
 
+POLICY_USE = {
+    "prefix_affinity": "each conversation stays on the replica that holds its prefix cache (no client header needed)",
+    "session_affinity": "clients' session header alone picks the replica, with no bound",
+    "least_conn": "the replica with the fewest requests in flight: for traffic that shares no prefixes",
+    "round_robin": "replicas in turn: for equal, short, unrelated requests",
+}
+
+
+def balancing_lines(cfg: FleetConfig) -> list[str]:
+    """Which replica a request reaches, and, under prefix affinity, each model's bound."""
+    lb = cfg.load_balancer
+    lines = [f"Balancing: {lb.policy}: {POLICY_USE[lb.policy]}."]
+    if lb.policy == "prefix_affinity":
+        rows = [[m.name, str(m.replicas), str(affinity_bound(cfg, m))] for m in cfg.models]
+        lines += _table(rows, ["model", "replicas", "requests in flight per replica before spill-over"])
+        if lb.affinity_bound is None:
+            lines.append("The bound is each model's max_num_seqs (else 256): it only stops queueing. To keep a hot "
+                         "conversation from loading one replica more than the rest, set load_balancer.affinity_bound "
+                         "to about 1.1 x your peak requests in flight per replica (bench/results/routing-*.md).")
+    return lines
+
+
 def target_plan(cfg: FleetConfig) -> DockerPlan | K8sPlan:
     """The plan the deployment itself builds: placement and capacity decided (and refused) once."""
     return build_k8s_plan(cfg) if cfg.target == "kubernetes" else build_plan(cfg)
@@ -185,6 +208,7 @@ def plan_text(cfg: FleetConfig) -> str:
     lines += model_lines(cap)
     lines += ["", *detail_lines(cap), "", "Placement", *placement_lines(plan)]
     lines += ["", "Rollouts (a change that replaces replicas)", *rollout_lines(cfg)]
+    lines += ["", *balancing_lines(cfg), ""]
     if isinstance(plan, DockerPlan):
         lines += [f"Load balancer: upstream and Nginx settings reload the running Nginx; a new load_balancer.image, port or "
                   f"entry script replaces it: downtime from the old one's quit (streams finish, up to {NGINX_STOP_GRACE_S} s) "
