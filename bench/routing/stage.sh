@@ -6,7 +6,8 @@
 #     model/  the seed architecture with a tokenizer that tokenizes text (make_tokenizer.py)
 #     debs/   Debian's nginx, nginx-common, libnginx-mod-http-js (unpacked into /tmp/nginx there)
 #     whl/    vllm-router and orjson for cp312 (the bundle and the image have its other needs)
-#     nginx/  every policy's Nginx files, rendered by the program here (routing_bench.py stage-gpu)
+#     nginx/  every policy's Nginx files, rendered by the program here (routing_bench.py stage-gpu;
+#             stage.sh's arguments go to it, e.g. --variants least_conn prefix_affinity prefix_affinity@17)
 # /.gpu/ is git-ignored; each call carries its folder plus the repo (64 MiB at most).
 set -euo pipefail
 shared=${SHARED_GPU:-../shared/gpu}
@@ -26,6 +27,6 @@ router=$("$py" -c "import importlib.metadata as m; print(m.version('vllm-router'
 "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$last/whl" "vllm-router==$router" "orjson==$orjson" 2> >(grep -v '^WARNING: Location' >&2)
-"$py" bench/routing_bench.py stage-gpu "$last/nginx"
+"$py" bench/routing_bench.py stage-gpu "$last/nginx" "$@"
 chmod -R u+w .gpu
 du -sh .gpu/*
