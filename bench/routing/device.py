@@ -38,7 +38,14 @@ from support.processes import start  # noqa: E402
 
 from bench.gpu import startup_log  # noqa: E402
 from bench.routing import balancers, replicas  # noqa: E402
-from bench.routing.runner import ROUTER, Bench, Target, run_slices, split_variant, variant_order  # noqa: E402
+from bench.routing.runner import (  # noqa: E402
+    ROUTER,
+    Bench,
+    Target,
+    run_slices,
+    split_variant,
+    variant_order,
+)
 from bench.routing.workloads import SIZES, WORKLOADS  # noqa: E402
 
 T0 = time.monotonic()
