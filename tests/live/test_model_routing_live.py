@@ -195,7 +195,7 @@ def test_a_100kb_prompt_is_routed_from_memory_to_its_replica(dp):
     assert err.value.message == direct.value.message  # it counts the same input tokens: all of the body arrived
     log = (dp.workdir / "nginx.log").read_text()
     line = [ln for ln in log.splitlines() if "POST /v1/completions" in ln][-1]
-    assert f'model="{NAMES[1]}" upstream={replica.address} upstream_status=400' in line, line
+    assert f'model="{NAMES[1]}" ' in line and f" upstream={replica.address} upstream_status=400 " in line, line
     assert "buffered to a temporary file" not in log  # Nginx's warning whenever a body goes to disk
     assert not any(body_dir.iterdir())
 

@@ -128,7 +128,10 @@ def busy_pair(dp: DataPlane, policy: str) -> list[tuple[float, float]]:
     threads[0].start()
     wait_until(lambda: sum(r for r, _ in running_and_waiting(dp)) == 1)
     threads[1].start()
-    seen = poll(lambda: running_and_waiting(dp), lambda state: sum(r + w for r, w in state) == 2)
+    # Both counted, and none of them waiting on an idle replica: vLLM counts a request as waiting
+    # for the moment before its scheduler's next step, which is not the queueing asked about.
+    seen = poll(lambda: running_and_waiting(dp),
+                lambda state: sum(r + w for r, w in state) == 2 and not any(r == 0 and w > 0 for r, w in state))
     for t in threads:
         t.join(300)
     assert not errors, errors
