@@ -52,8 +52,8 @@ K8S_STACKS = [s for s in STACKS if TARGETS[s] == "kubernetes"]
 
 @functools.lru_cache(maxsize=None)
 def stack_run(stack: str) -> MockRun:
-    if stack in shipped.STACKS:
-        return shipped.stack_run(stack)
+    """This module's own run of each stack, not support.stacks' shared one: the policies must judge
+    exactly what the program registers, whatever another test did to a shared run's records."""
     config, secret_keys, _ = stack_config(read_stack_file(stack), shipped.PASSPHRASES.get(stack))
     return run_program(stack, config, secret_keys)
 
@@ -113,7 +113,9 @@ def labels(res: Recorded) -> dict[str, str]:
 
 
 def containers(stack: str, role: str) -> list[Recorded]:
-    return [r for r in stack_run(stack).of_type(CONTAINER) if labels(r).get("vllm-fleet.role") == role]
+    """By name: the order the engine registers resources in is not the program's to promise."""
+    return sorted((r for r in stack_run(stack).of_type(CONTAINER) if labels(r).get("vllm-fleet.role") == role),
+                  key=lambda r: r.name)
 
 
 def gpu_ids(res: Recorded) -> list[str]:

@@ -119,7 +119,7 @@ def busy_pair(dp: DataPlane, policy: str) -> list[tuple[float, float]]:
     def generate() -> None:
         try:
             with client(dp) as c:
-                c.chat.completions.create(model=dp.model, messages=messages, max_tokens=1500, extra_headers=headers,
+                c.chat.completions.create(model=dp.model, messages=messages, max_tokens=3000, extra_headers=headers,
                                           extra_body={"ignore_eos": True})
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
