@@ -161,6 +161,24 @@ function multipartModel(r) {
     return end < 0 ? undefined : body.slice(start + 4, end).toString();
 }
 
+// A request body read as a JSON object: {body} (undefined when there is no text), or {error}
+// saying, in OpenAI's words, why it is not one.
+function parseObject(text) {
+    if (!text) {
+        return {body: undefined};
+    }
+    var body;
+    try {
+        body = JSON.parse(text);
+    } catch (e) {
+        return {error: 'We could not parse the JSON body of your request: ' + e.message};
+    }
+    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
+        return {error: 'The request body must be a JSON object.'};
+    }
+    return {body: body};
+}
+
 // The request's JSON body: an object, undefined when there is none (GET, DELETE, an empty POST, a
 // multipart upload), or null after an error was answered.
 function jsonBody(r) {
@@ -168,22 +186,12 @@ function jsonBody(r) {
     if (type.toLowerCase().indexOf('multipart/form-data') === 0) {
         return undefined;
     }
-    var text = r.requestText;
-    if (!text) {
-        return undefined;
-    }
-    var body;
-    try {
-        body = JSON.parse(text);
-    } catch (e) {
-        refuse(r, 400, 'We could not parse the JSON body of your request: ' + e.message, null, null);
+    var parsed = parseObject(r.requestText);
+    if (parsed.error) {
+        refuse(r, 400, parsed.error, null, null);
         return null;
     }
-    if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-        refuse(r, 400, 'The request body must be a JSON object.', null, null);
-        return null;
-    }
-    return body;
+    return parsed.body;
 }
 
 // The name the client asked for (`body`: jsonBody's answer): a string, undefined when the request
@@ -353,13 +361,7 @@ function prefixed(r) {
     if (key === undefined) {
         // No client keys (here only for prefix affinity): the replica checks the request itself,
         // as before; Nginx only names the conversation.
-        var loose;
-        try {
-            loose = JSON.parse(r.requestText || 'null');
-        } catch (e) {
-            loose = null;
-        }
-        loose = loose !== null && typeof loose === 'object' && !Array.isArray(loose) ? loose : undefined;
+        var loose = parseObject(r.requestText).body;  // what is not a JSON object names no conversation
         r.variables.fleet_model = loose && typeof loose.model === 'string' ? loose.model : '';
         r.variables.fleet_upstream = upstream;
         setRouteKey(r, loose);
