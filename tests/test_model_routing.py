@@ -20,7 +20,7 @@ from fleet.config.schema import FleetConfig
 from fleet.render.files import nginx_models
 from support.edge import Gateway, echo_upstream, gateways
 from support.lockstep import LockstepUpstream, Recording
-from support.processes import free_port
+from support.processes import free_port, wait_until
 from support.stacks import raw_stack
 
 # vLLM 0.32's OpenAI-compatible endpoints whose JSON body names the model
@@ -138,10 +138,17 @@ def test_a_replica_that_refuses_is_skipped_before_the_first_byte_through_the_rou
     dead = free_port()  # nothing listens there
     gw = gateway_for(cfg, {"qwen": [f"127.0.0.1:{echo_upstream('qwen').server_port}"],
                            "qwen-b": [f"127.0.0.1:{dead}", f"127.0.0.1:{echo_upstream('qwen-b').server_port}"]})
-    for _ in range(4):
-        status, got = gw.post("/v1/chat/completions", {"model": "qwen-b-chat"})
+    # Under the default policy each conversation has its place on the ring: send distinct ones until
+    # one was placed on the dead replica (half of them are; once it failed Nginx rests it).
+    retried = f"upstream=127.0.0.1:{dead}, 127.0.0.1:"
+    for n in range(64):
+        status, got = gw.post("/v1/chat/completions",
+                              {"model": "qwen-b-chat", "messages": [{"role": "user", "content": f"conversation {n}"}]})
         assert (status, got["upstream"]) == (200, "qwen-b")
-    assert f"upstream=127.0.0.1:{dead}, 127.0.0.1:" in gw.log.read_text()
+        if retried in gw.log.read_text():
+            break
+    # Nginx writes the line once the response is sent, which can be after the client has it.
+    wait_until(lambda: retried in gw.log.read_text(), 5)
 
 
 # --- the model list ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import re
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from fleet.config.load import parse_config
 from fleet.config.schema import FleetConfig
 from support.edge import echo_upstream, gateways
+from support.processes import wait_until
 from support.stacks import raw_stack
 
 SYSTEM = "You are the support assistant of a large bank. " * 40  # ~2,000 characters every conversation shares
@@ -138,14 +138,14 @@ def test_a_hot_conversation_spills_to_the_next_replica_at_its_bound_and_never_ge
     try:
         for t in threads[:2]:
             t.start()
-        wait_for(lambda: sum(u.holding for u in ups) == 2)
+        wait_until(lambda: sum(u.holding for u in ups) == 2)
         assert [u.holding for u in ups if u.server_port == port_of(ups, home)] == [2]  # both at home
         threads[2].start()  # home is at its bound: the next replica on the ring takes it
-        wait_for(lambda: sum(u.holding for u in ups) == 3)
+        wait_until(lambda: sum(u.holding for u in ups) == 3)
         assert sorted(u.holding for u in ups) == [1, 2]
         for t in threads[3:]:  # every replica at its bound: queued on the least busy, not refused
             t.start()
-        wait_for(lambda: sum(u.holding for u in ups) == 5)
+        wait_until(lambda: sum(u.holding for u in ups) == 5)
     finally:
         for u in ups:
             u.release.set()
@@ -157,13 +157,6 @@ def test_a_hot_conversation_spills_to_the_next_replica_at_its_bound_and_never_ge
 
 def port_of(ups, label: str) -> int:
     return next(u.server_port for u in ups if u.label == label)
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_make_plan_names_the_policy_and_each_models_bound_and_how_to_size_it():

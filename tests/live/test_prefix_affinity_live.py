@@ -29,6 +29,7 @@ import pytest
 
 from support.dataplane import DataPlane, data_plane
 from support.grafana_queries import dashboard_queries
+from support.processes import wait_until
 from support.dataplane import test_config as live_config  # not collected as a test
 
 pytestmark = pytest.mark.live
@@ -126,7 +127,7 @@ def busy_pair(dp: DataPlane, policy: str) -> list[tuple[float, float]]:
 
     threads = [threading.Thread(target=generate, daemon=True) for _ in range(2)]
     threads[0].start()
-    wait_until(lambda: sum(r for r, _ in running_and_waiting(dp)) == 1)
+    wait_until(lambda: sum(r for r, _ in running_and_waiting(dp)) == 1, timeout=60)
     threads[1].start()
     # Both counted, and none of them waiting on an idle replica: vLLM counts a request as waiting
     # for the moment before its scheduler's next step, which is not the queueing asked about.
@@ -153,13 +154,6 @@ def poll(read, until, timeout: float = 60):
         assert time.monotonic() < deadline, f"timed out; last {value}"
         time.sleep(0.05)
     return value
-
-
-def wait_until(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_the_dashboards_affinity_panels_have_data_from_the_recording_rules(dp):

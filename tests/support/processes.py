@@ -132,6 +132,14 @@ def log_tail(log_path: Path | None, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def wait_until(condition, timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``condition()`` until it holds; an AssertionError once ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s"
+        time.sleep(interval)
+
+
 def wait_http(
     url: str,
     timeout: float,
