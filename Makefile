@@ -10,15 +10,20 @@ POLICY_VENV := policy/.venv
 
 .PHONY: setup system-deps test test-fast test-live render plan up preview destroy clean checkov-setup checkov policy-setup deploy-prereqs pulumi-cli bench bench-edge bench-routing
 
-# Debian tools the tests run for real: nginx with its JavaScript module (nginx -t, the live load
-# balancer, model routing), Prometheus (promtool, the live Prometheus) and the Nginx exporter (the
-# dashboard's Nginx panels, live), and curl (an HTTP/2 client for the TLS tests).
-system-deps:
-	@if ! command -v nginx >/dev/null || ! test -f /usr/lib/nginx/modules/ngx_http_js_module.so || ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null || ! command -v curl >/dev/null; then \
-	  echo "installing nginx, its njs module, prometheus, the nginx exporter and curl (Debian packages)"; \
+# Debian tools the tests run for real: Prometheus (promtool, the live Prometheus) and the Nginx
+# exporter (the dashboard's Nginx panels, live), and curl (an HTTP/2 client for the TLS tests).
+system-deps: .tools/nginx/VERSIONS
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-nginx-exporter >/dev/null || ! command -v curl >/dev/null; then \
+	  echo "installing prometheus, the nginx exporter and curl (Debian packages)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends nginx-light libnginx-mod-http-js prometheus prometheus-nginx-exporter curl >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends prometheus prometheus-nginx-exporter curl >/dev/null; \
 	fi
+
+# The tests' Nginx (nginx -t, the live load balancer, model routing): Debian 13's nginx and njs
+# 0.8 (shared dictionaries, as in the pinned image), unpacked under .tools/ with the C library
+# they need; the host's packages are left as they are.
+.tools/nginx/VERSIONS: tools/install_test_nginx.sh
+	bash tools/install_test_nginx.sh .tools/nginx
 
 # The program's own dependencies: all that `make up` needs.
 $(VENV)/.program: requirements.txt

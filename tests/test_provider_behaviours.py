@@ -27,7 +27,7 @@ from support.engine import CONTAINER, deleted_while_replacing, input_dependents
 from support.jobs import start_job, wait_job
 from support.processes import free_port, start, stop
 from support.provider_schema import provider_value
-from support.real_tools import promtool, write_prometheus_tree
+from support.real_tools import promtool, require_nginx, write_prometheus_tree
 from support.stacks import raw_stack, require_tool, run_raw, stack_run
 from test_k8s_stack_graph import K8S_STACKS, k8s_run
 from test_rollouts import scaled
@@ -308,7 +308,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
 
 def test_real_nginx_keeps_a_long_prompt_in_memory(tmp_path):
     """A request body over 16 KB (Nginx's default buffer) went to a temporary file first."""
-    nginx = require_tool("nginx")
+    nginx = require_nginx()
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     cfg = parse_config(raw_stack("local"), "local")

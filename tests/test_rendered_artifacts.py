@@ -11,7 +11,7 @@ import pytest
 
 from support.stacks import STACKS, require_tool, stack_run, stack_secrets
 from tools.offline_render import render_stack
-from support.real_tools import nginx_test, promtool, write_prometheus_tree
+from support.real_tools import nginx_test, promtool, require_nginx, write_prometheus_tree
 from support.vllm_cli import parse_serve_args
 from test_stack_graphs import labels, nginx_beside, rendered_nginx_conf, uploads
 
@@ -25,7 +25,7 @@ def vllm_command_lines():
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_nginx_accepts_the_rendered_config(stack, tmp_path):
-    require_tool("nginx")
+    require_nginx()
     run = stack_run(stack)
     result = nginx_test(rendered_nginx_conf(run), tmp_path, nginx_beside(run))
     assert result.returncode == 0, result.stderr
@@ -34,7 +34,7 @@ def test_nginx_accepts_the_rendered_config(stack, tmp_path):
 
 @pytest.mark.parametrize("policy", ["prefix_affinity", "least_conn", "round_robin", "session_affinity"])
 def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
-    require_tool("nginx")
+    require_nginx()
     from support.stacks import raw_stack, run_raw
 
     raw = raw_stack("prod")

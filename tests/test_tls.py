@@ -25,7 +25,7 @@ from fleet.ports import NGINX_TLS_DIR, NGINX_TLS_PORT
 from fleet.render.files import NGINX_CONF, certificate_sha256, nginx_files
 from support.dataplane import adapt_nginx_conf, nginx_argv, nginx_runtime_dir, wait_port
 from support.processes import free_port, start, stop
-from support.real_tools import nginx_test
+from support.real_tools import nginx_test, require_nginx
 from support.stacks import raw_stack, require_tool, run_raw
 from support.tls import server_pair
 from tools.mock_run import SECRET_MARK, is_secret
@@ -85,7 +85,7 @@ def tls_config(tls_port: int, **tls):
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory):
-    require_tool("nginx")
+    require_nginx()
     port, tls_port = free_port(), free_port()
     cfg = tls_config(tls_port, hsts=True)
     replicas = {m.name: replica(m.name) for m in cfg.models}
@@ -196,7 +196,7 @@ def test_the_rendered_conf_names_only_paths_and_the_certificates_digest(edge):
 
 
 def test_without_redirect_plain_http_keeps_serving_the_api(tmp_path):
-    require_tool("nginx")
+    require_nginx()
     conf = nginx_files(tls_config(8443, redirect_http=False), {"qwen": ["127.0.0.1:1"], "qwen-b": ["127.0.0.1:2"]})[NGINX_CONF]
     assert "return 308" not in conf and "Strict-Transport-Security" not in conf
     server = conf[conf.index("    server {"):]
@@ -262,7 +262,7 @@ def test_docker_paths_are_read_only_bind_mounts_and_nothing_is_uploaded():
 
 
 def test_nginx_accepts_the_rendered_docker_conf_with_tls(docker_tls_run, tmp_path):
-    require_tool("nginx")
+    require_nginx()
     uploads = {u["file"].rsplit("/", 1)[1]: u["content"] for u in docker_tls_run.named("lb-config").inputs["uploads"]}
     (tmp_path / "tls").mkdir()
     (tmp_path / "tls" / "tls.crt").write_text(PAIR.certificate)

@@ -1,4 +1,4 @@
-// managed by vllm-fleet: shipped as is next to nginx.conf (njs >= 0.7.8: js_preload_object).
+// managed by vllm-fleet: shipped as is next to nginx.conf (njs >= 0.8).
 //
 // One OpenAI base URL for the whole fleet: each request under /v1/ is routed by the `model` its
 // body names. The table comes from models.json (rendered from the stack config and preloaded by
@@ -7,9 +7,8 @@
 // list GET /v1/models answers. This file never changes with the config, so a config change
 // touches only models.json and nginx.conf.
 //
-// Kept to njs 0.7.9 (Debian 12's libnginx-mod-http-js, the tests' Nginx); the pinned image
-// ships a newer njs (0.8.10 in nginx:1.28.0-alpine). njs starts a fresh VM per request: nothing
-// here keeps state between requests.
+// The pinned image ships njs 0.8.10 (nginx:1.28.0-alpine); the tests run Debian 13's 0.8.9. njs
+// starts a fresh VM per request: nothing here keeps state between requests.
 //
 // Keys, two modes. Without `load_balancer.keys` (keys.json `enabled: false`) the replicas check
 // the client's key (vLLM's --api-key): a request routed to a replica is checked there, and
@@ -146,9 +145,14 @@ function hasRoute(name) {
     return own(fleet_models.routes, name);
 }
 
+function isMultipart(r) {
+    return (r.headersIn['Content-Type'] || '').toLowerCase().indexOf('multipart/form-data') === 0;
+}
+
 // The `model` field of a multipart/form-data body (the audio endpoints), or undefined.
 function multipartModel(r) {
-    var body = r.requestBuffer;
+    // Only a multipart body is read as one: an empty body's buffer is detached in njs 0.8.
+    var body = isMultipart(r) ? r.requestBuffer : null;
     if (!body) {
         return undefined;
     }
@@ -182,8 +186,7 @@ function parseObject(text) {
 // The request's JSON body: an object, undefined when there is none (GET, DELETE, an empty POST, a
 // multipart upload), or null after an error was answered.
 function jsonBody(r) {
-    var type = r.headersIn['Content-Type'] || '';
-    if (type.toLowerCase().indexOf('multipart/form-data') === 0) {
+    if (isMultipart(r)) {
         return undefined;
     }
     var parsed = parseObject(r.requestText);

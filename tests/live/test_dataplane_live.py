@@ -24,6 +24,7 @@ from support.dataplane import (
 from support.grafana_queries import dashboard_queries
 from support.lockstep import Exchange, LockstepUpstream, record
 from support.processes import free_port
+from support.real_tools import require_nginx
 from support.stacks import require_tool
 
 pytestmark = pytest.mark.live
@@ -37,7 +38,7 @@ def report(title: str, **numbers) -> None:
 
 @pytest.fixture(scope="module")
 def dp(tmp_path_factory) -> DataPlane:
-    require_tool("nginx")
+    require_nginx()
     require_tool("prometheus")
     with data_plane(tmp_path_factory.mktemp("dataplane")) as plane:
         report("startup seconds", **plane.startup_s)

@@ -56,7 +56,7 @@ from fleet.docker.plan import DockerPlan, ReplicaPlan, build_plan
 from fleet.ports import NGINX_PORT, NGINX_STATUS_PORT, NGINX_TLS_DIR, NGINX_TLS_PORT
 from fleet.render.files import Scrape
 from support.processes import free_port, kill, log_tail, start, stop, wait_http
-from support.real_tools import debian_njs, write_prometheus_tree
+from support.real_tools import njs_for_tests, require_nginx, write_prometheus_tree
 from support.stacks import raw_stack
 from support.tiny_lora import make_tiny_adapter
 from support.tiny_model import make_tiny_model
@@ -122,7 +122,7 @@ def adapt_nginx_conf(conf: str, *, listen_port: int, status_port: int, runtime_d
     conf = _sub_exactly(rf"^(\s*)listen {NGINX_PORT};", rf"\g<1>listen 127.0.0.1:{listen_port};", conf, 1, "the public listen")
     conf = _sub_exactly(rf"^(\s*)listen {NGINX_STATUS_PORT};", rf"\g<1>listen 127.0.0.1:{status_port};", conf, 1, "the status listen")
     conf = _sub_exactly(r"^pid /tmp/nginx\.pid;", f"pid {runtime_dir}/nginx.pid;", conf, 1, "the pid file")
-    conf = debian_njs(conf) if njs else conf  # without: a config from before model routing (bench/)
+    conf = njs_for_tests(conf) if njs else conf  # without: a config from before model routing (bench/)
     return _sub_exactly(r"(_temp_path) /tmp/nginx-", rf"\1 {runtime_dir}/", conf, 5, "the temp paths")
 
 
@@ -403,7 +403,7 @@ class DataPlane:
 
 
 def nginx_argv(prefix: Path, conf: Path) -> list[str]:
-    return [shutil.which("nginx") or "/usr/sbin/nginx", "-e", "stderr", "-p", str(prefix), "-c", str(conf),
+    return [require_nginx(), "-e", "stderr", "-p", str(prefix), "-c", str(conf),
             "-g", "daemon off;"]
 
 

@@ -20,7 +20,7 @@ from fleet.config.schema import FleetConfig
 from fleet.render.files import nginx_conf
 from support.dataplane import adapt_nginx_conf, nginx_argv, nginx_runtime_dir, wait_port, write_nginx_files
 from support.processes import free_port, start, stop
-from support.stacks import require_tool
+from support.real_tools import require_nginx
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
@@ -94,7 +94,7 @@ def gateways(logdir) -> Iterator:
     started: list[tuple] = []
 
     def make(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> Gateway:
-        require_tool("nginx")
+        require_nginx()
         runtime = nginx_runtime_dir("vllm-fleet-routing-")
         port = free_port()
         conf = adapt_nginx_conf(nginx_conf(cfg, upstreams), listen_port=port, status_port=free_port(), runtime_dir=runtime)

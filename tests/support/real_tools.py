@@ -1,21 +1,44 @@
 """Run the real consumers of what we render: `nginx -t` and `promtool check config`."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from fleet.config.images import NGINX_NJS_MODULE
 
 
-# Debian's libnginx-mod-http-js (njs 0.7.9) installs the module where nginx.org's images keep theirs.
-DEBIAN_NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"
+# The Nginx the tests run: Debian 13's nginx 1.26 with njs 0.8 (the pinned image has 1.28 with njs
+# 0.8.10; Debian 12's njs 0.7.9 lacks shared dictionaries), which `make setup` unpacks here
+# (tools/install_test_nginx.sh). Its njs module is not where the image keeps the image's.
+TEST_NGINX_DIR = Path(__file__).resolve().parents[2] / ".tools" / "nginx"
+TEST_NJS_MODULE = TEST_NGINX_DIR / "root/usr/lib/nginx/modules/ngx_http_js_module.so"
 
 
-def debian_njs(conf: str) -> str:
-    """The rendered nginx.conf loading Debian's njs module instead of the image's."""
-    out, n = re.subn(rf"^load_module {re.escape(NGINX_NJS_MODULE)};$", f"load_module {DEBIAN_NJS_MODULE};", conf, flags=re.M)
+def require_nginx() -> str:
+    """The tests' Nginx (a skip without it; in CI a failure: `make setup` installs it)."""
+    nginx = TEST_NGINX_DIR / "bin" / "nginx"
+    if nginx.exists():
+        return str(nginx)
+    if os.environ.get("CI"):
+        pytest.fail(f"{nginx} is missing: `make setup` installs it")
+    pytest.skip(f"{nginx} is missing (run `make setup`)")
+
+
+def nginx_versions() -> dict[str, str]:
+    """The tests' Nginx and njs, as Debian versions: {"nginx": ..., "njs": ...}."""
+    lines = (TEST_NGINX_DIR / "VERSIONS").read_text().split("\n")
+    versions = dict(line.split(" ", 1) for line in lines if line)
+    return {"nginx": versions["nginx"], "njs": versions["libnginx-mod-http-js"]}
+
+
+def njs_for_tests(conf: str) -> str:
+    """The rendered nginx.conf loading the tests' njs module instead of the image's."""
+    out, n = re.subn(rf"^load_module {re.escape(NGINX_NJS_MODULE)};$", f"load_module {TEST_NJS_MODULE};", conf, flags=re.M)
     if n != 1:
         raise AssertionError(f"expected one `load_module {NGINX_NJS_MODULE};` in the rendered nginx.conf, found {n}")
     return out
@@ -40,18 +63,18 @@ def upstream_hosts(conf: str) -> list[str]:
 
 
 def nginx_test(conf: str, workdir: Path, beside: Mapping[str, str]) -> subprocess.CompletedProcess:
-    """`nginx -t` on `conf` (loading Debian's njs module), with the files it reads `beside` it
+    """`nginx -t` on `conf` (loading the tests' njs module), with the files it reads `beside` it
     (name -> content). Upstream names resolve through a private /etc/hosts (a mount namespace of
     our own), because nginx resolves them while parsing, as it does at startup."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name, text in beside.items():
         (workdir / name).write_text(text)
     conf_path = workdir / "nginx.conf"
-    conf_path.write_text(debian_njs(conf))
+    conf_path.write_text(njs_for_tests(conf))
     hosts = workdir / "hosts"
     entries = [f"127.0.1.{i + 1} {name}" for i, name in enumerate(upstream_hosts(conf))]
     hosts.write_text("\n".join(["127.0.0.1 localhost", *entries]) + "\n")
-    script = f"mount --bind {hosts} /etc/hosts && exec nginx -t -p {workdir} -c {conf_path}"
+    script = f"mount --bind {hosts} /etc/hosts && exec {require_nginx()} -t -p {workdir} -c {conf_path}"
     return subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
 
 
