@@ -12,11 +12,13 @@ with the argv the program generates for the `local` stack (tests/support/datapla
 caching on and the KV cache capped below W1's working set (`--num-gpu-blocks-override`), so where
 a session's cache lives matters. Writes bench/results/routing-cpu.{json,md,png} (`--name`: another stem).
 
-A variant is a policy, or `prefix_affinity@N`: prefix_affinity rendered with `load_balancer.affinity_bound`
-N (its per-replica `max_conns`), to size the bound to the load (e.g. N = in flight / replicas + 1).
+A variant is a policy, or prefix_affinity with its bounds set: `prefix_affinity~C` renders
+`load_balancer.affinity_load_factor` C (how far above the mean in flight a replica still takes its own
+conversations), `prefix_affinity@N` `load_balancer.affinity_bound` N (its per-replica `max_conns`, the
+absolute cap), `prefix_affinity~C@N` both.
 
     make bench-routing                      # or: .venv/bin/python bench/routing_bench.py [--rounds 2 ...]
-    .venv/bin/python bench/routing_bench.py --variants least_conn prefix_affinity prefix_affinity@5 --name routing-cpu-bound
+    .venv/bin/python bench/routing_bench.py --variants least_conn prefix_affinity prefix_affinity~1.0 prefix_affinity@5 --name routing-cpu-bound
     .venv/bin/python bench/routing_bench.py stage-gpu .gpu/3/nginx [--variants ...]   # the GPU machine's Nginx configs
     .venv/bin/python bench/routing_bench.py report --call <files_at>/results.tgz ... [--name ...]   # the H200's results
 
@@ -48,8 +50,8 @@ from support.real_tools import nginx_versions, require_nginx  # noqa: E402
 
 from bench.routing import balancers, report  # noqa: E402
 from bench.routing.render import (  # noqa: E402
+    affinity_settings,
     bench_config,
-    max_conns,
     policy_files,
     render_device,
     schema_policies,
@@ -60,8 +62,11 @@ from bench.routing.runner import (  # noqa: E402
     ROUTER,
     Bench,
     Target,
+    affinity_text,
+    log_file,
     run_slices,
     split_variant,
+    variant_error,
     variant_order,
 )
 from bench.routing.workloads import CPU, WORKLOADS, scaled  # noqa: E402
@@ -93,7 +98,7 @@ def _version(dist: str) -> str:
 
 
 def nginx_target(cfg, dp, policy: str) -> Target:
-    """The program's Nginx for `policy` (a variant: `prefix_affinity@N` too) over the data plane's
+    """The program's Nginx for `policy` (a variant: `prefix_affinity~C@N` too) over the data plane's
     replicas, rendered fresh per run."""
     base = split_variant(policy)[0]
     if base not in schema_policies():
@@ -107,7 +112,7 @@ def nginx_target(cfg, dp, policy: str) -> Target:
             write_files(policy_files(cfg, policy, dp.upstreams(), listen_port=port, status_port=free_port(),
                                      runtime=runtime), runtime)
             with balancers.nginx(require_nginx(), runtime, port,
-                                 log_base.with_suffix(".nginx.log"), env=dp.nginx_env()) as running:
+                                 log_file(log_base, "nginx"), env=dp.nginx_env()) as running:
                 yield running
         finally:
             shutil.rmtree(runtime, ignore_errors=True)
@@ -122,7 +127,7 @@ def router_target(dp) -> Target:
 
     @contextlib.contextmanager
     def start(log_base: Path):
-        with balancers.vllm_router([r.url for r in dp.replicas], free_port(), log_base.with_suffix(".router.log"),
+        with balancers.vllm_router([r.url for r in dp.replicas], free_port(), log_file(log_base, "router"),
                                    api_key=dp.api_key) as running:
             yield running
 
@@ -151,8 +156,8 @@ def cpu_run(args) -> int:
         run_slices(bench, targets, slices, runs.append, log=lambda s: print(s, flush=True))
         startup = dp.startup_s
         kv_line = _kv_log_line(dp.replicas[0].log)
-        bounds = {v: max_conns(policy_files(cfg, v, dp.upstreams(), listen_port=1, status_port=2,
-                                            runtime=workdir)["nginx.conf"])
+        bounds = {v: affinity_settings(cfg, v, policy_files(cfg, v, dp.upstreams(), listen_port=1, status_port=2,
+                                                            runtime=workdir)["nginx.conf"])
                   for v in variant_order(["prefix_affinity", *args.variants])
                   if split_variant(v)[0] == "prefix_affinity" and "prefix_affinity" in schema_policies()}
     result = {
@@ -166,8 +171,8 @@ def cpu_run(args) -> int:
                   f"KV tokens per replica: about 60% of W1's working set), `VLLM_SERVER_DEV_MODE=1`; startup "
                   f"{startup.get('all replicas')} s. vLLM logged: `{kv_line}`. Each Nginx is the program's own "
                   f"rendering for that policy (`nginx_files`), only listen/pid/temp paths adapted; prefix_affinity's "
-                  f"per-replica bound (`max_conns`; prefix_affinity@N: `affinity_bound` N, else the default): "
-                  f"{_bounds(bounds)}. "
+                  f"per-replica bound `max_conns` and load factor (prefix_affinity~C@N: `affinity_load_factor` C, "
+                  f"`affinity_bound` N, else the defaults): {affinity_text(bounds)}. "
                   f"Policies the schema accepts here: {', '.join(schema_policies())}."],
         "notes": [], "reproduce": ("Reproduce with `make bench-routing`." if name == "routing-cpu" else
                                    f"Reproduce with `.venv/bin/python bench/routing_bench.py --rounds {args.rounds} "
@@ -182,10 +187,6 @@ def cpu_run(args) -> int:
     if not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
-
-
-def _bounds(bounds: dict[str, list[int]]) -> str:
-    return ", ".join(f"{v} {b}" for v, b in bounds.items()) or "—"
 
 
 def _kv_log_line(log: Path) -> str:
@@ -256,7 +257,9 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
-    ap.add_argument("--variants", nargs="+", default=[*POLICIES, ROUTER])
+    ap.add_argument("--variants", nargs="+", default=[*POLICIES, ROUTER], help=f"policies, {ROUTER!r}, or "
+                    "prefix_affinity~C@N (~C: affinity_load_factor C, @N: affinity_bound N, either optional; e.g. "
+                    "prefix_affinity~1.5 prefix_affinity@5 prefix_affinity~1.5@5)")
     ap.add_argument("--kv-blocks", type=int, default=KV_BLOCKS, help=f"KV blocks of {BLOCK} tokens per replica")
     ap.add_argument("--measure-s", type=float, help=f"measured seconds per variant run (default {CPU.measure_s})")
     ap.add_argument("--warmup-s", type=float, help=f"warm-up seconds per variant run (default {CPU.warmup_s})")
@@ -266,7 +269,7 @@ def main() -> int:
                     "report: routing-<card>)")
     st = sub.add_parser("stage-gpu", help="render the GPU machine's Nginx configs into FOLDER")
     st.add_argument("folder", type=Path)
-    st.add_argument("--variants", nargs="+", default=list(POLICIES), help="policies or prefix_affinity@N")
+    st.add_argument("--variants", nargs="+", default=list(POLICIES), help="policies or prefix_affinity~C@N (see above)")
     rp = sub.add_parser("report", help="merge the GPU machine's results.tgz files")
     rp.add_argument("--call", action="append", help="a call's results.tgz, in call order (none: redraw from the .json)")
     rp.add_argument("--card", default="h200", help="without --call: which recorded run to redraw (cpu, h200)")
@@ -274,12 +277,8 @@ def main() -> int:
     rp.add_argument("--out", type=Path, default=RESULTS)
     rp.add_argument("--name", default=argparse.SUPPRESS, help="the file stem (default routing-<card>)")
     args = ap.parse_args()
-    for v in args.variants:
-        try:
-            if split_variant(v)[0] not in {*POLICIES, ROUTER}:
-                ap.error(f"unknown variant {v!r}: choose from {[*POLICIES, ROUTER]} or prefix_affinity@N")
-        except ValueError as e:
-            ap.error(str(e))
+    for why in filter(None, map(variant_error, args.variants)):
+        ap.error(why)
     if args.cmd == "stage-gpu":
         return stage_gpu(args)
     if args.cmd == "report":

@@ -30,6 +30,7 @@ UNIT_TEST_VALUES = {
     "nginx_alerts": True,
     # load_balancer.policy prefix_affinity, with two models' bounds
     "affinity_bounds": [{"model": "qwen", "bound": 4}, {"model": "llama", "bound": 8}],
+    "affinity_load_factor": 1.25,
     "prefix_cache_hit_alert": 0.2,
 }
 ALWAYS = {"vllm-replicas"}
@@ -108,7 +109,7 @@ def test_each_shipped_stack_records_the_affinity_load_of_every_model_over_its_ow
     load = {rule["labels"]["model"]: rule["expr"] for rule in records(text) if rule["record"] == "fleet:affinity_load:ratio"}
     assert load.keys() == {m.name for m in cfg.models}
     for m in cfg.models:
-        assert f'model="{m.name}"' in load[m.name] and load[m.name].rstrip().endswith(f") / {affinity_bound(cfg, m)}"), m.name
+        assert load[m.name] == f'fleet:requests_in_flight:sum{{model="{m.name}"}} / {affinity_bound(cfg, m)}', m.name
     rendered = alerts(text)
     assert {"VllmPrefixCacheHitRateLow", "VllmAffinitySpillOver"} <= set(rendered)
     assert f"< {cfg.monitoring.prefix_cache_hit_alert}\n" in rendered["VllmPrefixCacheHitRateLow"]["expr"]
@@ -129,7 +130,8 @@ def test_a_zero_hit_rate_threshold_drops_only_the_hit_rate_alert(promtool, tmp_p
     assert result.returncode == 0, explain(result)
     assert "VllmPrefixCacheHitRateLow" not in alerts(text)
     assert "VllmAffinitySpillOver" in alerts(text)
-    assert {r["record"] for r in records(text)} == {"fleet:affinity_load:ratio", "fleet:prefix_cache_hit:ratio_rate5m"}
+    assert {r["record"] for r in records(text)} == {"fleet:requests_in_flight:sum", "fleet:affinity_share:ratio",
+                                                    "fleet:affinity_load:ratio", "fleet:prefix_cache_hit:ratio_rate5m"}
 
 
 def test_every_alert_has_a_promtool_unit_test_where_it_fires():

@@ -17,7 +17,7 @@ import pytest
 
 from fleet.config.load import parse_config
 from fleet.config.schema import FleetConfig
-from fleet.render.files import nginx_models
+from fleet.render.files import NGINX_MODELS
 from support.edge import Gateway, echo_upstream, gateways
 from support.lockstep import LockstepUpstream, Recording
 from support.processes import free_port, wait_until
@@ -162,7 +162,7 @@ def test_the_model_list_is_every_model_and_adapter_in_openais_shape(fleet):
         assert card["object"] == "model" and card["owned_by"] == "vllm" and isinstance(card["created"], int), card
         assert "upstream" not in card
     assert [m["parent"] for m in got["data"]] == [None, None, "qwen-b-chat"]
-    rendered = json.loads(nginx_models(fleet.cfg))["models"]
+    rendered = json.loads((fleet.runtime / NGINX_MODELS).read_text())["models"]  # as nginx_files rendered it
     assert [{k: v for k, v in c.items() if k != "created"} for c in got["data"]] == rendered
 
 

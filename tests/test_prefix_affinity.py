@@ -15,7 +15,7 @@ import pytest
 from fleet.config.load import parse_config
 from fleet.config.schema import FleetConfig
 from support.edge import echo_upstream, gateways
-from support.processes import wait_until
+from support.processes import free_port, wait_until
 from support.stacks import raw_stack
 
 SYSTEM = "You are the support assistant of a large bank. " * 40  # ~2,000 characters every conversation shares
@@ -140,10 +140,10 @@ def test_a_hot_conversation_spills_to_the_next_replica_at_its_bound_and_never_ge
             t.start()
         wait_until(lambda: sum(u.holding for u in ups) == 2)
         assert [u.holding for u in ups if u.server_port == port_of(ups, home)] == [2]  # both at home
-        threads[2].start()  # home is at its bound: the next replica on the ring takes it
+        threads[2].start()  # home has 2 of 3 in flight, over 1.25 x the mean: its next replica takes it
         wait_until(lambda: sum(u.holding for u in ups) == 3)
         assert sorted(u.holding for u in ups) == [1, 2]
-        for t in threads[3:]:  # every replica at its bound: queued on the least busy, not refused
+        for t in threads[3:]:  # every replica at affinity_bound (max_conns): queued on the least busy, not refused
             t.start()
         wait_until(lambda: sum(u.holding for u in ups) == 5)
     finally:
@@ -159,12 +159,85 @@ def port_of(ups, label: str) -> int:
     return next(u.server_port for u in ups if u.label == label)
 
 
+def admitted_one_by_one(gw, ups, body: dict, n: int) -> tuple[list[str], list[threading.Thread]]:
+    """Sends `n` held requests one after the other, each once the last is running on a replica;
+    which replica took each, and the threads (the caller releases the replicas)."""
+    took, threads = [], []
+    for i in range(n):
+        before = [u.holding for u in ups]
+        threads.append(threading.Thread(target=gw.post, args=("/v1/chat/completions?hold", body), daemon=True))
+        threads[-1].start()
+        wait_until(lambda: sum(u.holding for u in ups) == i + 1)
+        took += [u.label for u, was in zip(ups, before) if u.holding > was]
+    return took, threads
+
+
+def release(ups, threads) -> None:
+    for u in ups:
+        u.release.set()
+    for t in threads:
+        t.join(10)
+    for u in ups:
+        u.release.clear()
+
+
+@pytest.mark.parametrize(("factor", "split"), [(None, (8, 4)), (1.0, (6, 6)), (2.0, (12, 0))])
+def test_the_bound_follows_the_load_a_hot_conversation_holds_load_factor_times_the_mean(make, factor, split):
+    """Bounded-load consistent hashing with the default affinity_bound (256, never reached here):
+    12 requests of one conversation over 2 replicas leave ceil(factor x 6) at home (default 1.25),
+    the rest on its next replica, and every request counts until it ends: afterwards the same
+    conversation fills its home up to the bound again from zero."""
+    ups = [echo_upstream(f"h{i}") for i in range(2)]
+    gw = make(config(**({"affinity_load_factor": factor} if factor else {})), {"qwen": servers(ups)})
+    body = chat(11, 1)
+    home = where(gw, "/v1/chat/completions", body)
+    other = next(u.label for u in ups if u.label != home)
+    took, threads = admitted_one_by_one(gw, ups, body, 12)
+    try:
+        assert (took.count(home), took.count(other)) == split, took
+    finally:
+        release(ups, threads)
+    logged = lambda: [ln for ln in gw.log.read_text().splitlines() if "POST /v1/chat/completions?hold" in ln]  # noqa: E731
+    wait_until(lambda: len(logged()) == 12)
+    assert sorted(ln.split(" placed=")[1].split()[0] for ln in logged()) == ["0"] * split[0] + ["1"] * split[1]
+    took, threads = admitted_one_by_one(gw, ups, body, 3)  # the 12 no longer count
+    release(ups, threads)
+    assert took == [home, home, home if factor == 2.0 else other], took
+
+
 def test_make_plan_names_the_policy_and_each_models_bound_and_how_to_size_it():
     from tools.plan_report import plan_text
 
     default = plan_text(config())
-    assert "Balancing: prefix_affinity" in default and "about 1.1 x your peak requests in flight" in default
-    assert re.search(r"^qwen\s+2\s+256$", default, re.M), default
-    sized = plan_text(config(affinity_bound=9))
-    assert re.search(r"^qwen\s+2\s+9$", sized, re.M) and "about 1.1 x" not in sized
+    assert "Balancing: prefix_affinity" in default and "fewer than 1.25 x the mean in flight" in default, default
+    assert re.search(r"^qwen\s+2\s+256$", default, re.M) and "each model's max_num_seqs (else 256" in default, default
+    sized = plan_text(config(affinity_bound=9, affinity_load_factor=1.5))
+    assert re.search(r"^qwen\s+2\s+9$", sized, re.M) and "fewer than 1.5 x" in sized and "else 256" not in sized
     assert "Balancing: least_conn" in plan_text(config(policy="least_conn"))
+
+
+def test_a_dead_replicas_conversations_all_go_to_their_next_replica_not_anywhere(make):
+    """Nginx alone would pass a dead replica's requests to whichever backup its round robin picks:
+    each turn on another replica, its prefix lost every time. fleet.js benches the replica as
+    Nginx does (fail_timeout_s: long enough here that a busy machine cannot outlast it; when it
+    ends, one request finds the replica dead again and benches it anew) and ranks its
+    conversations on without it."""
+    ups = [echo_upstream(f"d{i}") for i in range(3)]
+    dead = free_port()
+    gw = make(config(fail_timeout_s=600), {"qwen": [f"127.0.0.1:{dead}", *servers(ups)]})
+    for c in range(40):
+        assert gw.post("/v1/chat/completions", chat(c, 1))[0] == 200
+    for c in range(40):
+        for turns in range(2, 6):
+            assert gw.post("/v1/chat/completions", chat(c, turns))[0] == 200
+    lines = lambda: [ln for ln in gw.log.read_text().splitlines() if ' route="' in ln]  # noqa: E731 (access log only)
+    wait_until(lambda: len(lines()) == 40 * 5)
+    served: dict[str, list[str]] = collections.defaultdict(list)  # route key -> upstream of each request
+    for line in lines():
+        served[line.split(' route="', 1)[1].split('"', 1)[0]].append(line.split(" upstream=", 1)[1].split()[0])
+    homeless = [key for key, where_ in served.items() if where_[0].startswith(f"127.0.0.1:{dead},")]
+    assert len(homeless) == 1, served  # the first one benched the replica: the others were placed past it
+    moved = [key for key, where_ in served.items() if where_[0] != where_[1]]  # its first turn and the rest
+    assert moved == homeless, served
+    for key, where_ in served.items():
+        assert len(set(where_[1:])) == 1 and str(dead) not in where_[1], (key, where_)

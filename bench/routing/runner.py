@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
+from typing import ContextManager, NamedTuple
 
 from bench.routing import accesslog, replicas
 from bench.routing.client import closed_loop
@@ -23,26 +24,62 @@ from bench.routing.workloads import WORKLOADS, Job, Scheduler, Sizes, probe_mess
 POLICIES = ("round_robin", "least_conn", "session_affinity", "prefix_affinity")
 ROUTER = "vllm-router cache_aware"
 VARIANTS = (*POLICIES, ROUTER)
-BOUNDED = "prefix_affinity"  # the one policy `@N` applies to: N is its `load_balancer.affinity_bound`
+BOUNDED = "prefix_affinity"  # the one policy `~C` and `@N` apply to (its load_balancer.affinity_* keys)
+LOAD_FACTORS = (1.0, 10.0)  # load_balancer.affinity_load_factor's range (fleet/config/schema.py)
+_VARIANT = re.compile(rf"{BOUNDED}(?:~(?P<factor>\d+(?:\.\d+)?))?(?:@(?P<bound>\d+))?")
 
 
-def split_variant(name: str) -> tuple[str, int | None]:
-    """`prefix_affinity@17` -> ("prefix_affinity", 17): the policy and the `affinity_bound` it is
-    rendered with; a plain name has none. Raises ValueError for any other `@`."""
-    policy, at, n = name.partition("@")
-    if not at:
-        return name, None
-    if policy != BOUNDED or not n.isdigit() or int(n) < 1:
-        raise ValueError(f"{name!r}: only {BOUNDED}@N takes a bound (N = load_balancer.affinity_bound, 1 or more)")
-    return policy, int(n)
+class Variant(NamedTuple):
+    policy: str
+    load_factor: float | None  # `~C`: load_balancer.affinity_load_factor C
+    bound: int | None  # `@N`: load_balancer.affinity_bound N
+
+
+def split_variant(name: str) -> Variant:
+    """`prefix_affinity~1.5@17` -> Variant("prefix_affinity", 1.5, 17): the policy and the
+    `affinity_load_factor` (`~C`) and `affinity_bound` (`@N`) it is rendered with, either part
+    optional, in that order; a plain name has neither. Raises ValueError for any other `~` or `@`."""
+    if "~" not in name and "@" not in name:
+        return Variant(name, None, None)
+    m = _VARIANT.fullmatch(name)
+    factor = float(m["factor"]) if m and m["factor"] else None
+    bound = int(m["bound"]) if m and m["bound"] else None
+    if not m or (factor is not None and not LOAD_FACTORS[0] <= factor <= LOAD_FACTORS[1]) or bound == 0:
+        raise ValueError(f"{name!r}: only {BOUNDED} takes ~C (load_balancer.affinity_load_factor, "
+                         f"{LOAD_FACTORS[0]}..{LOAD_FACTORS[1]}) and/or @N (load_balancer.affinity_bound, 1 or more), "
+                         f"in that order: e.g. {BOUNDED}~1.5, {BOUNDED}@17, {BOUNDED}~1.5@17")
+    return Variant(BOUNDED, factor, bound)
+
+
+def variant_error(name: str) -> str | None:
+    """Why `name` is no variant (None: it is one: a policy, vllm-router, or prefix_affinity~C@N)."""
+    try:
+        policy = split_variant(name).policy
+    except ValueError as e:
+        return str(e)
+    return None if policy in VARIANTS else f"unknown variant {name!r}: choose from {list(VARIANTS)} or {BOUNDED}~C@N"
 
 
 def variant_order(names) -> list[str]:
-    """`names` in VARIANTS order, each `@N` variant after its policy by N; unknown names last."""
+    """`names` in VARIANTS order, each policy's `~C`/`@N` variants after it by C, then N; unknown names last."""
     def key(name: str):
-        policy, bound = split_variant(name)
-        return (VARIANTS.index(policy) if policy in VARIANTS else len(VARIANTS), bound or 0, name)
+        v = split_variant(name)
+        return (VARIANTS.index(v.policy) if v.policy in VARIANTS else len(VARIANTS), v.load_factor or 0, v.bound or 0,
+                name)
     return sorted(set(names), key=key)
+
+
+def affinity_text(settings: dict[str, dict]) -> str:
+    """prefix_affinity's bounds per variant as the setup text names them: {variant: {"max_conns":
+    [...], "load_factor": C}} -> "prefix_affinity: max_conns 256, load factor 1.25; ..."."""
+    return "; ".join(f"{v}: max_conns {'/'.join(map(str, s.get('max_conns') or [])) or '—'}, load factor "
+                     f"{s.get('load_factor', '?')}" for v, s in settings.items()) or "none rendered"
+
+
+def log_file(log_base: Path, kind: str) -> Path:
+    """A run's `kind` log: `log_base` (the run's logs' path, no suffix: a variant's name may hold a
+    dot, `prefix_affinity~1.5`, so Path.with_suffix would cut it) + `.kind.log`."""
+    return log_base.parent / f"{log_base.name}.{kind}.log"
 
 
 @dataclass

@@ -214,16 +214,28 @@ function requestedModel(r, body) {
 }
 
 // --- prefix affinity ---------------------------------------------------------------------------
-// `prefix_affinity` keeps a conversation on the replica that holds its prefix in vLLM's cache:
-// Nginx hashes $fleet_route_key onto its replicas (`hash ... consistent`, each replica bounded by
-// max_conns). The key names the conversation, not just the start every request shares: the
-// session header when the client sends one; for chat (`messages`, the Responses API's `input`
-// list) the instructions and system messages with the first user message, which every later turn
-// repeats unchanged (a shared system prompt alone would send every conversation to one replica);
-// for a text prompt its first PREFIX_CHARS characters (PREFIX_TOKENS ids for a token prompt).
-// A request with none of these (an upload) gets its own request id: spread like round robin.
+// `prefix_affinity` keeps a conversation on the replica that holds its prefix in vLLM's cache.
+// The route key names the conversation, not just the start every request shares: the session
+// header when the client sends one; for chat (`messages`, the Responses API's `input` list) the
+// instructions and system messages with the first user message, which every later turn repeats
+// unchanged (a shared system prompt alone would send every conversation to one replica); for a
+// text prompt its first PREFIX_CHARS characters (PREFIX_TOKENS ids for a token prompt). A request
+// with none of these (an upload) gets its own request id: spread like round robin.
+//
+// Placement is bounded-load consistent hashing (Mirrokni, Thorup and Zadimoghaddam, 2016): the
+// key ranks the model's replicas (rendezvous hashing: a replica's arrival or departure moves only
+// the conversations it takes or held), and the request goes to the first one in that order with
+// fewer than load_factor x the mean requests in flight (+1; MIN_BOUND at least). A hot conversation so spills to its
+// next replica as soon as it loads its own beyond its share, and back when the load drops; the
+// bound follows the fleet's load, whatever it is. The counts live in a shared dictionary
+// (nginx.conf's js_shared_dict_zone), which every worker updates: a request counts from its
+// placement until it is logged (`placed`).
 var PREFIX_CHARS = 2048;
 var PREFIX_TOKENS = 512;
+// The bound never asks a replica to pass on a conversation while it runs fewer than this: a
+// second sequence costs a replica next to nothing, a lost prefix costs its whole prefill (and a
+// request logged a moment after its client got the answer still counts).
+var MIN_BOUND = 2;
 
 function text(value) {
     return typeof value === 'string' ? value : JSON.stringify(value === undefined ? null : value);
@@ -276,14 +288,105 @@ function routeMaterial(r, body) {
     return start !== undefined ? start : promptStart(body.prompt);
 }
 
-// Sets $fleet_route_key (what the upstream hashes and the access log shows: a digest, never the text).
-function setRouteKey(r, body) {
+// A replica's rank score for a route key: FNV-1a over both, then MurmurHash3's finalizer, so
+// that keys differing in one character rank the replicas independently.
+function score(key, replica) {
+    var s = key + '\u0000' + replica;
+    var h = 0x811c9dc5;
+    for (var i = 0; i < s.length; i++) {
+        h = Math.imul(h ^ s.charCodeAt(i), 16777619);
+    }
+    h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+    h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+    return (h ^ (h >>> 16)) >>> 0;
+}
+
+// The replicas of `upstream` in the order `key` prefers them.
+function ranked(key, replicas) {
+    var order = [];
+    for (var i = 0; i < replicas.length; i++) {
+        order.push({name: replicas[i], score: score(key, replicas[i])});
+    }
+    order.sort(function (a, b) { return b.score - a.score || (a.name < b.name ? -1 : 1); });
+    return order.map(function (o) { return o.name; });
+}
+
+// A replica whose first attempt failed is passed over for fail_timeout_s (as Nginx benches it),
+// so that its conversations all go to their next replica meanwhile, not to any backup Nginx's
+// round robin picks (and a replica Kubernetes has not started yet never draws them).
+function downKey(replica) {
+    return 'down ' + replica;
+}
+
+function isDown(load, replica, now) {
+    return (load.get(downKey(replica)) || 0) > now;
+}
+
+// Places the request on the first replica of its conversation's order that is up and below the
+// bound, and counts it there: $fleet_replica (the upstream @fleet_upstream proxies to), $fleet_rank.
+function place(r, key) {
+    var replicas = fleet_models.routing.replicas[r.variables.fleet_upstream];
+    var load = ngx.shared.fleet_in_flight;
+    var now = Date.now();
+    var all = ranked(key, replicas);
+    var order = all.filter(function (name) { return !isDown(load, name, now); });
+    if (order.length === 0) {
+        order = all;  // all benched: Nginx's own failover decides
+    }
+    var counts = [];
+    var total = 0;
+    for (var i = 0; i < order.length; i++) {
+        counts.push(Math.max(0, load.get(order[i]) || 0));
+        total += counts[i];
+    }
+    var bound = Math.max(MIN_BOUND, Math.ceil(fleet_models.routing.load_factor * (total + 1) / order.length));
+    var rank = 0;
+    // Some replica is below: they cannot all hold more than the mean (the guard is for rounding).
+    while (counts[rank] >= bound && rank < order.length - 1) {
+        rank++;
+    }
+    load.incr(order[rank], 1, 0);
+    r.variables.fleet_replica = order[rank];
+    r.variables.fleet_rank = String(all.indexOf(order[rank]));
+}
+
+// Did the replica's own server fail the request's first attempt? ($upstream_addr names a server,
+// not the upstream as after "no live upstreams", and its first status is an error Nginx retries.)
+function firstAttemptFailed(r) {
+    var addr = (r.variables.upstream_addr || '').split(/[,:] /)[0];
+    var status = parseInt((r.variables.upstream_status || '').split(/[,:] /)[0], 10);
+    return addr.indexOf(':') > 0 && status >= 500;
+}
+
+// $fleet_placed, read once when the request is logged: the rank it was placed at ('-': not
+// placed), and the request no longer counts on its replica.
+function placed(r) {
+    var replica = r.variables.fleet_replica;
+    if (!replica) {
+        return '-';
+    }
+    r.variables.fleet_replica = '';
+    var load = ngx.shared.fleet_in_flight;
+    if (load.incr(replica, -1, 0) < 0) {
+        load.set(replica, 0);  // a count from before a restart of the zone
+    }
+    if (firstAttemptFailed(r)) {
+        load.set(downKey(replica), Date.now() + 1000 * fleet_models.routing.fail_timeout_s);
+    }
+    return r.variables.fleet_rank;
+}
+
+// Under prefix_affinity: names the conversation in $fleet_route_key (what the access log shows:
+// a digest, never the text) and places the request on one of its model's replicas.
+function placeConversation(r, body) {
     if (fleet_models.routing.policy !== 'prefix_affinity') {
         return;
     }
     var material = routeMaterial(r, body);
-    r.variables.fleet_route_key = material === undefined ? r.variables.request_id
+    var key = material === undefined ? r.variables.request_id
         : crypto.createHash('sha1').update(material).digest('hex').slice(0, 16);
+    r.variables.fleet_route_key = key;
+    place(r, key);
 }
 
 // js_content of /v1/: pick the upstream by the body's model, then hand the request (its body
@@ -316,7 +419,7 @@ function route(r) {
     }
     r.variables.fleet_model = name;
     r.variables.fleet_upstream = fleet_models.routes[name];
-    setRouteKey(r, body);
+    placeConversation(r, body);
     r.internalRedirect('@fleet_upstream');
 }
 
@@ -367,7 +470,7 @@ function prefixed(r) {
         var loose = parseObject(r.requestText).body;  // what is not a JSON object names no conversation
         r.variables.fleet_model = loose && typeof loose.model === 'string' ? loose.model : '';
         r.variables.fleet_upstream = upstream;
-        setRouteKey(r, loose);
+        placeConversation(r, loose);
         r.internalRedirect('@fleet_prefixed');
         return;
     }
@@ -387,8 +490,8 @@ function prefixed(r) {
     }
     r.variables.fleet_model = name || mine[0];
     r.variables.fleet_upstream = upstream;
-    setRouteKey(r, body);
+    placeConversation(r, body);
     r.internalRedirect('@fleet_prefixed');
 }
 
-export default {route, models, prefixed, upstreamAuth};
+export default {route, models, prefixed, placed, upstreamAuth};

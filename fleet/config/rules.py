@@ -165,10 +165,12 @@ NOT_SESSION_HEADERS = ("authorization", "host", "content-type", "content-length"
 
 def _check_balancing(cfg: FleetConfig) -> None:
     lb = cfg.load_balancer
-    if lb.affinity_bound is not None and lb.policy != "prefix_affinity":
-        raise ConfigError("load_balancer.affinity_bound", lb.affinity_bound, f"only prefix_affinity bounds a replica; "
-                          f"policy is {lb.policy}", "affinity_bound with policy: prefix_affinity",
-                          "remove affinity_bound, or set `load_balancer.policy: prefix_affinity`")
+    for key in ("affinity_bound", "affinity_load_factor"):
+        value = getattr(lb, key)
+        if value is not None and lb.policy != "prefix_affinity":
+            raise ConfigError(f"load_balancer.{key}", value, f"only prefix_affinity bounds a replica's load; "
+                              f"policy is {lb.policy}", f"{key} with policy: prefix_affinity",
+                              f"remove {key}, or set `load_balancer.policy: prefix_affinity`")
     if lb.session_header.lower() in NOT_SESSION_HEADERS:
         raise ConfigError("load_balancer.session_header", lb.session_header, "a header that names the client or the "
                           "request, not a conversation: every request of one client would reach one replica",

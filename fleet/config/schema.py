@@ -224,15 +224,22 @@ class LoadBalancer(Strict):
     policy: Literal["prefix_affinity", "least_conn", "round_robin", "session_affinity"] = Field(
         "prefix_affinity", description="Balancing policy. `prefix_affinity`: each conversation stays on the replica "
         "holding its prefix cache, keyed by `session_header` when sent, else by the request's start (system and "
-        "first user message, or a prompt's first 2,048 characters), with `affinity_bound` requests in flight per "
-        "replica before the next one takes the overflow. `session_affinity` hashes `session_header` only, unbounded."
+        "first user message, or a prompt's first 2,048 characters); a replica with more than `affinity_load_factor` "
+        "times its fair share of the model's requests in flight passes new ones to the conversation's next replica. "
+        "`session_affinity` hashes `session_header` only, unbounded."
     )
     session_header: str = Field("X-Session-ID", pattern=r"^[A-Za-z0-9-]+$", description="Header that pins a session "
                                 "to a replica (`session_affinity`, `prefix_affinity`).")
-    affinity_bound: Optional[int] = Field(None, ge=1, le=65_535, description="`prefix_affinity`: requests in flight a "
-                                          "replica takes for its own conversations before Nginx sends the next one to "
-                                          "the following replica. Default: the model's `max_num_seqs`, else 256 "
-                                          "(vLLM's smallest default): beyond it a replica queues.")
+    affinity_bound: Optional[int] = Field(None, ge=1, le=65_535, description="`prefix_affinity`: the most requests in "
+                                          "flight one replica takes, whatever the others' load (Nginx's max_conns); "
+                                          "when every replica has that many, the least busy one queues the request. "
+                                          "Default: the model's `max_num_seqs`, else 256 (vLLM's smallest default): "
+                                          "beyond it a replica queues.")
+    affinity_load_factor: Optional[float] = Field(None, ge=1.0, le=10.0, description="`prefix_affinity`: how far above "
+                                                  "its fair share (the model's requests in flight / its replicas) a "
+                                                  "replica may be loaded by its own conversations before new requests "
+                                                  "go to their next replica. 1.0 balances strictly (and moves "
+                                                  "conversations most); larger keeps more on their cache. Default 1.25.")
     connect_timeout_s: int = Field(5, ge=1, le=75, description="Upstream connect timeout.")
     read_timeout_s: int = Field(3600, ge=60, le=86400, description="Longest silence while a generation runs.")
     send_timeout_s: int = Field(600, ge=10, le=86400, description="Longest pause sending a request upstream.")

@@ -32,6 +32,9 @@ NGINX_CONF = "nginx.conf"
 # environment, never in a file) to authenticate to the replicas.
 UPSTREAM_KEY_ENV = "FLEET_UPSTREAM_KEY"
 DEFAULT_AFFINITY_BOUND = 256
+# Bounded-load consistent hashing's c (Mirrokni, Thorup, Zadimoghaddam 2016; Google's and Vimeo's
+# choice): a replica takes new requests of its own conversations up to 1.25 x the mean in flight.
+DEFAULT_AFFINITY_LOAD_FACTOR = 1.25
 
 
 @dataclass
@@ -47,10 +50,18 @@ def upstream_name(model: str) -> str:
     return "vllm_" + model.replace("-", "_")
 
 
-def nginx_models(cfg: FleetConfig) -> str:
+def replica_upstreams(model: str, servers: list[str]) -> list[str]:
+    """prefix_affinity: one upstream per replica (its server first, the others its backups), named
+    by replica index: a replica's name, and so its conversations, stay when others come and go.
+    The dot keeps them apart from every model's upstream (model names have none)."""
+    return [f"{upstream_name(model)}.r{i}" for i in range(len(servers))]
+
+
+def nginx_models(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> str:
     """models.json, fleet.js's table: every name a client may send as `model` -> its upstream
     (`routes`), and the cards GET /v1/models answers (`models`, vLLM's ModelCard fields but
-    `created`, which fleet.js stamps per request).
+    `created`, which fleet.js stamps per request). `routing`: the policy, and under prefix_affinity
+    each model upstream's replica upstreams and the load factor fleet.js places conversations with.
 
     The list is the config's, not gathered from the replicas: it answers while a model's replicas
     restart, costs no request to any of them, and is what routing accepts, so the two never
@@ -69,15 +80,27 @@ def nginx_models(cfg: FleetConfig) -> str:
             routes[adapter.name] = upstream_name(m.name)
     lb = cfg.load_balancer
     routing = {"policy": lb.policy, "session_header": lb.session_header}
+    if lb.policy == "prefix_affinity":
+        routing["load_factor"] = affinity_load_factor(cfg)
+        routing["fail_timeout_s"] = lb.fail_timeout_s
+        routing["replicas"] = {upstream_name(m.name): replica_upstreams(m.name, upstreams[m.name]) for m in cfg.models}
     return json.dumps({"managed_by": HEADER, "routes": routes, "models": cards, "routing": routing}, indent=1) + "\n"
 
 
 def affinity_bound(cfg: FleetConfig, m: Model) -> int:
-    """Requests in flight one replica of `m` takes under `prefix_affinity` before Nginx sends a
-    conversation hashed to it to the next replica: `load_balancer.affinity_bound`, else what vLLM
-    runs at once (the model's max_num_seqs, or 256, vLLM's default on CPUs and smaller GPUs):
-    past that a replica only queues. The alert rules read the same number."""
+    """Requests in flight one replica of `m` takes under `prefix_affinity` at most, whatever the
+    others' load (its `max_conns`; when every replica is there, the least busy one queues the
+    request): `load_balancer.affinity_bound`, else what vLLM runs at once (the model's
+    max_num_seqs, or 256, vLLM's default on CPUs and smaller GPUs): past that a replica only
+    queues. The alert rules read the same number."""
     return cfg.load_balancer.affinity_bound or m.max_num_seqs or DEFAULT_AFFINITY_BOUND
+
+
+def affinity_load_factor(cfg: FleetConfig) -> float:
+    """`prefix_affinity`: a replica takes new requests of its own conversations while it has fewer
+    than this times the mean in flight of its model's replicas (fleet.js)."""
+    lb = cfg.load_balancer
+    return lb.affinity_load_factor if lb.affinity_load_factor is not None else DEFAULT_AFFINITY_LOAD_FACTOR
 
 
 def key_hash(key: str) -> str:
@@ -114,7 +137,7 @@ def nginx_files(cfg: FleetConfig, upstreams: dict[str, list[str]], *, key_hashes
     `key_hashes`: client key name -> `key_hash` of its value (from the `client_keys` secret);
     `tls_sha256`: `certificate_sha256` of the `tls_certificate` secret, when Nginx's certificate is it."""
     keys = nginx_keys(cfg, key_hashes)
-    return {NGINX_JS: static(f"nginx/{NGINX_JS}"), NGINX_KEYS: keys, NGINX_MODELS: nginx_models(cfg),
+    return {NGINX_JS: static(f"nginx/{NGINX_JS}"), NGINX_KEYS: keys, NGINX_MODELS: nginx_models(cfg, upstreams),
             NGINX_CONF: nginx_conf(cfg, upstreams, njs_module=njs_module, keys_sha256=_sha256(keys),
                                    tls_sha256=tls_sha256)}
 
@@ -151,14 +174,17 @@ def nginx_conf(cfg: FleetConfig, upstreams: dict[str, list[str]], *, njs_module:
     default = cfg.models[0].name
     bounded = lb.policy == "prefix_affinity"
     blocks = [{"name": upstream_name(m.name), "servers": upstreams[m.name], "prefix": f"/models/{m.name}/",
-               "bound": affinity_bound(cfg, m) if bounded else None} for m in cfg.models]
+               "bound": affinity_bound(cfg, m) if bounded else None,
+               "replicas": replica_upstreams(m.name, upstreams[m.name]) if bounded else []} for m in cfg.models]
     largest = max(len(s) for s in upstreams.values())
     return render(
         "nginx/nginx.conf.j2", upstreams=blocks, default_upstream=upstream_name(default),
         njs_module=njs_module, js_file=NGINX_JS, models_file=NGINX_MODELS, keys_file=NGINX_KEYS,
-        js_sha256=_sha256(static(f"nginx/{NGINX_JS}")), models_sha256=_sha256(nginx_models(cfg)),
+        js_sha256=_sha256(static(f"nginx/{NGINX_JS}")), models_sha256=_sha256(nginx_models(cfg, upstreams)),
         keys_sha256=keys_sha256, tls=tls, client_keys=bool(lb.keys), limits=limits, upstream_key_env=UPSTREAM_KEY_ENV,
         bounded=bounded, njs_prefixed=bool(lb.keys) or bounded,
+        # prefix_affinity: the replica's upstream fleet.js placed the request on, else the model's.
+        proxied="$fleet_replica" if bounded else "$fleet_upstream",
         policy=lb.policy, session_header=lb.session_header, max_fails=lb.max_fails,
         fail_timeout_s=lb.fail_timeout_s, keepalive=lb.keepalive, keepalive_timeout_s=NGINX_UPSTREAM_KEEPALIVE_S,
         listen_port=NGINX_PORT,
@@ -190,7 +216,8 @@ def alert_rules(cfg: FleetConfig) -> str:
     return render("prometheus/alerts.yml.j2", replica_down_for=m.replica_down_for,
                   queue_alert_threshold=m.queue_alert_threshold, ttft_p99_alert_s=m.ttft_p99_alert_s,
                   gpu_alerts=m.gpu_exporter and cfg.has_gpus, nginx_alerts=m.nginx_exporter,
-                  affinity_bounds=bounds, prefix_cache_hit_alert=m.prefix_cache_hit_alert)
+                  affinity_bounds=bounds, affinity_load_factor=affinity_load_factor(cfg),
+                  prefix_cache_hit_alert=m.prefix_cache_hit_alert)
 
 
 def grafana_files(cfg: FleetConfig, prometheus_url: str) -> dict[str, str]:

@@ -151,10 +151,10 @@ def nginx(plane):
     runtime = nginx_runtime_dir("vllm-fleet-watched-")
     conf_path = runtime / "nginx.conf"
     dp.nginx.stop()  # the harness' own Nginx; the product's entry point takes its ports
-    write_nginx_files(dp.cfg, runtime)
 
     def apply(n: int) -> None:
         ups = {dp.cfg.models[0].name: [r.address for r in dp.replicas[:n]]}
+        write_nginx_files(dp.cfg, runtime, ups)  # before nginx.conf, whose change reloads Nginx: as the program orders them
         write_atomically(conf_path, adapt_nginx_conf(nginx_conf(dp.cfg, ups), listen_port=dp.lb_port,
                                                      status_port=dp.status_port, runtime_dir=runtime))
 

@@ -126,12 +126,13 @@ def adapt_nginx_conf(conf: str, *, listen_port: int, status_port: int, runtime_d
     return _sub_exactly(r"(_temp_path) /tmp/nginx-", rf"\1 {runtime_dir}/", conf, 5, "the temp paths")
 
 
-def write_nginx_files(cfg: FleetConfig, runtime_dir: Path, client_keys: Optional[Mapping[str, str]] = None) -> None:
+def write_nginx_files(cfg: FleetConfig, runtime_dir: Path, upstreams: dict[str, list[str]],
+                      client_keys: Optional[Mapping[str, str]] = None) -> None:
     """fleet.js, models.json and keys.json beside the nginx.conf(s) in `runtime_dir`, as the
-    program writes them (they depend on the config and the `client_keys` (name -> key), never on
-    the upstreams)."""
+    program writes them for `cfg` (its policy), `upstreams` (models.json names each replica under
+    prefix_affinity) and the `client_keys` (name -> key)."""
     hashes = {name: key_hash(value) for name, value in (client_keys or {}).items()}
-    for name, text in nginx_files(cfg, {m.name: ["127.0.0.1:1"] for m in cfg.models}, key_hashes=hashes).items():
+    for name, text in nginx_files(cfg, upstreams, key_hashes=hashes).items():
         if name != NGINX_CONF:
             (runtime_dir / name).write_text(text)
             (runtime_dir / name).chmod(0o644)
@@ -266,11 +267,14 @@ class DataPlane:
                      status_port: Optional[int] = None, runtime_dir: Optional[Path] = None,
                      servers: Optional[list[str]] = None) -> str:
         """nginx.conf as the program renders it for these replicas (or other `servers`), adapted to
-        loopback (by default: our load balancer's ports and runtime directory)."""
+        loopback (by default: our load balancer's ports and runtime directory), whose companions
+        (fleet.js, models.json, keys.json, rendered for the same policy and servers) it writes there."""
         cfg = with_policy(self.cfg, policy or self.policy)
-        rendered = nginx_conf(cfg, {self.cfg.models[0].name: servers} if servers else self.upstreams())
-        return adapt_nginx_conf(rendered, listen_port=listen_port or self.lb_port,
-                                status_port=status_port or self.status_port, runtime_dir=runtime_dir or self.nginx_dir)
+        upstreams = {self.cfg.models[0].name: servers} if servers else self.upstreams()
+        runtime_dir = runtime_dir or self.nginx_dir
+        write_nginx_files(cfg, runtime_dir, upstreams, self.client_keys)
+        return adapt_nginx_conf(nginx_conf(cfg, upstreams), listen_port=listen_port or self.lb_port,
+                                status_port=status_port or self.status_port, runtime_dir=runtime_dir)
 
     def start_nginx(self, policy: Optional[str] = None) -> None:
         """(Re)start the load balancer with the config rendered for `policy`: a fresh process, so
@@ -280,7 +284,6 @@ class DataPlane:
         self.policy = policy or self.policy
         conf = self.nginx_dir / f"nginx-{self.policy}.conf"
         conf.write_text(self.render_nginx(self.policy))
-        write_nginx_files(self.cfg, self.nginx_dir, self.client_keys)
         self.nginx = Service("nginx", nginx_argv(self.nginx_dir, conf), self.workdir / "nginx.log",
                              f"http://127.0.0.1:{self.status_port}/stub_status", env=self.nginx_env())
         self.nginx.start()
@@ -293,7 +296,6 @@ class DataPlane:
         runtime = nginx_runtime_dir(f"vllm-fleet-{name}-")
         conf = runtime / "nginx.conf"
         conf.write_text(conf_text(port, runtime))
-        write_nginx_files(self.cfg, runtime, self.client_keys)
         svc = Service(name, nginx_argv(runtime, conf), self.workdir / f"{name}.log", ready_url="")
         try:
             svc.proc = start(svc.argv, env=self.nginx_env(), log_path=svc.log)

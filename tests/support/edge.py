@@ -99,7 +99,7 @@ def gateways(logdir) -> Iterator:
         port = free_port()
         conf = adapt_nginx_conf(nginx_conf(cfg, upstreams), listen_port=port, status_port=free_port(), runtime_dir=runtime)
         (runtime / "nginx.conf").write_text(conf)
-        write_nginx_files(cfg, runtime)
+        write_nginx_files(cfg, runtime, upstreams)
         log = logdir() / "nginx.log"
         proc = start(nginx_argv(runtime, runtime / "nginx.conf"), env=dict(os.environ), log_path=log)
         started.append((proc, runtime))

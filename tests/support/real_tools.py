@@ -45,15 +45,19 @@ def njs_for_tests(conf: str) -> str:
 
 
 def upstream_servers(conf: str) -> dict[str, list[str]]:
-    """Each upstream of nginx.conf -> its servers. A model's `<name>_overflow` upstream (prefix
-    affinity: where requests wait when every replica is at its bound) must list exactly the same
-    servers; it is checked here and left out of the answer."""
-    blocks = {name: re.findall(r"server (\S+) max_fails", body)
+    """Each model's upstream of nginx.conf -> its servers. Under prefix affinity a model also has
+    one upstream per replica, `<name>.r<i>`: its i-th server first, every other one a backup. That
+    is checked here and left out of the answer."""
+    blocks = {name: re.findall(r"server (\S+) max_fails[^;]*?( backup)?;", body)
               for name, body in re.findall(r"upstream (\S+) \{(.*?)\}", conf, re.S)}
+    models = {name: [s for s, _ in servers] for name, servers in blocks.items() if "." not in name}
     for name, servers in blocks.items():
-        if name.endswith("_overflow"):
-            assert servers == blocks[name.removesuffix("_overflow")], (name, servers)
-    return {name: servers for name, servers in blocks.items() if not name.endswith("_overflow")}
+        if "." in name:
+            model, _, index = name.partition(".r")
+            own = models[model][int(index)]
+            assert servers[0] == (own, "") and sorted(servers[1:]) == sorted(
+                (s, " backup") for s in models[model] if s != own), (name, servers)
+    return models
 
 
 def upstream_hosts(conf: str) -> list[str]:
