@@ -411,7 +411,7 @@ def test_every_dashboard_panel_query_returns_data(dp):
     if dp.exporter is None:
         no_data['job="nginx"'] = "no Nginx exporter binary installed (apt: prometheus-nginx-exporter)"
     if dp.cfg.load_balancer.policy != "prefix_affinity":
-        no_data["fleet:affinity_load"] = ("recorded only under prefix_affinity: tests/live/test_prefix_affinity_live.py "
+        no_data["fleet:affinity_"] = ("recorded only under prefix_affinity: tests/live/test_prefix_affinity_live.py "
                                           "checks those panels")
     # traffic inside the panels' rate window ($__rate_interval = 1m), streamed so the inter-token
     # histogram fills, with a shared prefix so the prefix cache has hits

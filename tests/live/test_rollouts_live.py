@@ -31,6 +31,7 @@ from support.dataplane import (StreamResult, adapt_nginx_conf, data_plane, nginx
                                write_nginx_files)
 from support.dataplane import test_config as dataplane_config
 from support.processes import docker_stop, log_tail, start, stop, wait_http
+from support.real_tools import require_nginx
 from support.jobs import start_job, wait_job
 from fleet.render.files import nginx_conf
 
@@ -160,7 +161,9 @@ def nginx(plane):
 
     apply(2)
     log = dp.workdir / "fleet-nginx.log"
-    watcher = start(["/bin/sh", str(WATCHER)], env={**os.environ, "FLEET_NGINX_CONF": str(conf_path),
+    # The entry point runs `nginx` from PATH, as in the image: the tests' Nginx comes first.
+    path = f"{Path(require_nginx()).parent}:{os.environ['PATH']}"
+    watcher = start(["/bin/sh", str(WATCHER)], env={**os.environ, "PATH": path, "FLEET_NGINX_CONF": str(conf_path),
                                                     "FLEET_NGINX_POLL_S": "0.5"}, log_path=log)
     try:
         wait_http(f"http://127.0.0.1:{dp.status_port}/stub_status", 30, proc=watcher, log_path=log)
