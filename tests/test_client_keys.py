@@ -17,7 +17,7 @@ from fleet.config.errors import ConfigError
 from fleet.config.load import parse_config
 from fleet.render.files import NGINX_CONF, UPSTREAM_KEY_ENV, key_hash, key_hashes, nginx_files
 from support.dataplane import adapt_nginx_conf, nginx_argv, nginx_runtime_dir, wait_port
-from support.processes import free_port, start, stop
+from support.processes import free_port, logged_after, start, stop
 from support.refusals import assert_refused_before_any_resource
 from support.real_tools import require_nginx
 from support.stacks import raw_stack, run_raw
@@ -232,12 +232,12 @@ def test_a_key_over_its_concurrency_gets_429_while_its_request_runs(edge):
 
 
 def test_no_key_value_is_in_any_file_or_log_line_and_the_log_names_the_key(edge):
-    call(edge, "POST", "/v1/completions", {"model": "qwen-b-chat", "prompt": "log"}, KEYS["team-b"])
+    logged_after(edge["log"], lambda: call(edge, "POST", "/v1/completions", {"model": "qwen-b-chat", "prompt": "log"},
+                                           KEYS["team-b"]),
+                 lambda line: '"POST /v1/completions' in line and 'key="team-b" model="qwen-b-chat"' in line)
     texts = [*edge["files"].values(), edge["log"].read_text()]
     for value in (*KEYS.values(), INTERNAL):
         assert not any(value in t for t in texts)
-    line = next(line for line in reversed(edge["log"].read_text().splitlines()) if "POST /v1/completions" in line)
-    assert 'key="team-b" model="qwen-b-chat"' in line, line
     assert key_hash(KEYS["team-b"]) in edge["files"]["keys.json"]
 
 

@@ -20,7 +20,7 @@ from fleet.config.schema import FleetConfig
 from fleet.render.files import NGINX_MODELS
 from support.edge import Gateway, echo_upstream, gateways
 from support.lockstep import LockstepUpstream, Recording
-from support.processes import free_port, wait_until
+from support.processes import free_port, logged_after, wait_until
 from support.stacks import raw_stack
 
 # vLLM 0.32's OpenAI-compatible endpoints whose JSON body names the model
@@ -107,8 +107,8 @@ def test_an_audio_upload_is_routed_by_its_form_field(fleet):
 
 
 def test_the_access_log_names_the_model_each_request_was_routed_by(fleet):
-    fleet.post("/v1/completions", {"model": "qwen-b-sql", "prompt": "log me"})
-    line = next(line for line in reversed(fleet.log.read_text().splitlines()) if "POST /v1/completions" in line)
+    _, line = logged_after(fleet.log, lambda: fleet.post("/v1/completions", {"model": "qwen-b-sql", "prompt": "log me"}),
+                           lambda line: "POST /v1/completions" in line and 'model="qwen-b-sql"' in line)
     assert 'model="qwen-b-sql" route="' in line and " upstream=127.0.0.1:" in line, line
 
 

@@ -15,7 +15,7 @@ import pytest
 from fleet.config.load import parse_config
 from fleet.config.schema import FleetConfig
 from support.edge import echo_upstream, gateways
-from support.processes import free_port, wait_until
+from support.processes import free_port, logged_after, wait_until
 from support.stacks import raw_stack
 
 SYSTEM = "You are the support assistant of a large bank. " * 40  # ~2,000 characters every conversation shares
@@ -116,8 +116,8 @@ def test_adding_a_replica_moves_only_the_conversations_it_takes(make, replicas):
 
 
 def test_the_access_log_shows_a_digest_of_the_routing_key_not_the_prompt(three):
-    where(three, "/v1/chat/completions", chat(99, 2))
-    line = next(x for x in reversed(three.log.read_text().splitlines()) if "POST /v1/chat/completions" in x)
+    _, line = logged_after(three.log, lambda: where(three, "/v1/chat/completions", chat(99, 2)),
+                           lambda x: "POST /v1/chat/completions" in x)
     route = line.split(' route="', 1)[1].split('"', 1)[0]
     assert len(route) == 16 and int(route, 16) >= 0, line
     assert "bank" not in line and "declined" not in line

@@ -8,10 +8,10 @@ session header.
    is what vLLM counted (`vllm:prefix_cache_hits_total` / `queries_total`, both replicas). Prefix
    affinity without a header must match session affinity with one, and beat least connections and
    round robin, which send a conversation's next turn to either replica.
-2. The bound: with `max_num_seqs: 1` (so the default bound is 1: past it vLLM queues), a second
-   request of a conversation whose replica is busy runs on the other replica at once, while header
-   session affinity queues it behind the first (`vllm:num_requests_waiting`).
-
+2. The bound: with `max_num_seqs: 1` (so the default bound is 1: past it vLLM queues), of two
+   requests of one conversation the second runs on the other replica at once, while header session
+   affinity queues it behind the first (vLLM's queue-time and decode-time counters). Both go out as
+   plain HTTP at once, and nothing is watched while they run: see `at_once`.
 3. What operators see: the dashboard's prefix-affinity panels (hit rate per replica, load against
    the bound, spill-over) return data from the real Prometheus with the rendered recording rules.
 
@@ -19,9 +19,12 @@ One module-scoped data plane with Prometheus: ~2 min to start on 2 cores.
 """
 from __future__ import annotations
 
+import http.client
+import json
 import random
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import openai
@@ -104,56 +107,54 @@ def test_prefix_affinity_without_a_header_matches_session_affinity_with_one(dp):
     assert rates["prefix_affinity"] > max(rates["least_conn"], rates["round_robin"]) + 0.1, rates
 
 
-def running_and_waiting(dp: DataPlane) -> list[tuple[float, float]]:
-    return [(dp.metric(i, "vllm:num_requests_running"), dp.metric(i, "vllm:num_requests_waiting")) for i in range(2)]
+def at_once(dp: DataPlane, n: int, messages: list[dict], headers: dict[str, str]) -> None:
+    """`n` long generations of one conversation, all on the wire before any is answered.
+
+    Not through the openai client, and not one thread each: while a replica generates, vLLM's engine
+    busy-waits and every other process here may get no CPU for seconds (2 shared cores), so a
+    request sent "once the first runs" can arrive after the first has finished."""
+    body = json.dumps({"model": dp.model, "messages": messages, "max_tokens": 3000, "ignore_eos": True}).encode()
+    url = urllib.parse.urlsplit(dp.lb_url)
+    conns = [http.client.HTTPConnection(url.hostname, url.port, timeout=300) for _ in range(n)]
+    try:
+        for c in conns:
+            c.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json", **dp.auth(), **headers})
+        for c in conns:
+            resp = c.getresponse()
+            assert resp.status == 200, resp.read()[:500]
+            resp.read()
+    finally:
+        for c in conns:
+            c.close()
 
 
-def busy_pair(dp: DataPlane, policy: str) -> list[tuple[float, float]]:
-    """Two long generations of one conversation (the second sent once the first runs); the
-    replicas' running and waiting counts while both are in flight."""
+def busy_pair(dp: DataPlane, policy: str) -> tuple[list[float], float, float]:
+    """Two long generations of one conversation at once: what each replica finished, and the
+    seconds the two spent waiting in vLLM's queue and generating, all from vLLM's own counters read
+    afterwards (a replica busy generating answers /metrics too late to watch it while it runs)."""
     dp.start_nginx(policy)
     dp.wait_idle()
+
+    def counters() -> tuple[list[float], float, float]:
+        return (dp.finished(), sum(dp.metric(i, "vllm:request_queue_time_seconds_sum") for i in range(2)),
+                sum(dp.metric(i, "vllm:request_decode_time_seconds_sum") for i in range(2)))
+
+    finished0, queued0, decoding0 = counters()
     messages = [{"role": "user", "content": document(99)[:300] + "\nSummarise the document."}]
-    headers = {"X-Session-ID": "hot"} if policy == "session_affinity" else {}
-    errors: list[BaseException] = []
-
-    def generate() -> None:
-        try:
-            with client(dp) as c:
-                c.chat.completions.create(model=dp.model, messages=messages, max_tokens=3000, extra_headers=headers,
-                                          extra_body={"ignore_eos": True})
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=generate, daemon=True) for _ in range(2)]
-    threads[0].start()
-    wait_until(lambda: sum(r for r, _ in running_and_waiting(dp)) == 1, timeout=60)
-    threads[1].start()
-    # Both counted, and none of them waiting on an idle replica: vLLM counts a request as waiting
-    # for the moment before its scheduler's next step, which is not the queueing asked about.
-    seen = poll(lambda: running_and_waiting(dp),
-                lambda state: sum(r + w for r, w in state) == 2 and not any(r == 0 and w > 0 for r, w in state))
-    for t in threads:
-        t.join(300)
-    assert not errors, errors
-    return seen
+    at_once(dp, 2, messages, {"X-Session-ID": "hot"} if policy == "session_affinity" else {})
+    wait_until(lambda: sum(dp.finished()) - sum(finished0) == 2, timeout=30)
+    finished, queued, decoding = counters()
+    return [after - before for after, before in zip(finished, finished0)], queued - queued0, decoding - decoding0
 
 
 def test_a_busy_replica_passes_the_conversations_next_request_on_instead_of_queueing_it(dp):
     assert "max_conns=1" in dp.render_nginx("prefix_affinity")  # the bound: the model's max_num_seqs
-    spilled = busy_pair(dp, "prefix_affinity")
-    assert sorted(spilled) == [(1, 0), (1, 0)], spilled  # one running on each replica, nothing waiting
-    queued = busy_pair(dp, "session_affinity")
-    assert sorted(queued) == [(0, 0), (1, 1)], queued  # unbounded affinity: the second waits behind the first
-
-
-def poll(read, until, timeout: float = 60):
-    """`read()` until `until(value)` holds; that value (one reading, not a later one)."""
-    deadline = time.monotonic() + timeout
-    while not until(value := read()):
-        assert time.monotonic() < deadline, f"timed out; last {value}"
-        time.sleep(0.05)
-    return value
+    ran, queued, decoding = busy_pair(dp, "prefix_affinity")
+    # One on each replica, neither waiting behind the other's generation (each takes decoding / 2).
+    assert ran == [1, 1] and queued < 0.1 * decoding / 2, (ran, queued, decoding)
+    ran, queued, decoding = busy_pair(dp, "session_affinity")
+    # Unbounded affinity: both on one replica, the second waiting there for the first's generation.
+    assert sorted(ran) == [0, 2] and queued > 0.5 * decoding / 2, (ran, queued, decoding)
 
 
 def test_the_dashboards_affinity_panels_have_data_from_the_recording_rules(dp):
@@ -161,17 +162,31 @@ def test_the_dashboards_affinity_panels_have_data_from_the_recording_rules(dp):
     assert len(affinity) >= 4 and any("fleet:affinity_load" in e for e in affinity), affinity
     dp.start_nginx("prefix_affinity")
     messages = [{"role": "user", "content": "Write a long story."}]
-    threads = [threading.Thread(target=lambda: client(dp).chat.completions.create(
-        model=dp.model, messages=messages, max_tokens=3000, extra_body={"ignore_eos": True}), daemon=True)
-        for _ in range(2)]
-    for t in threads:
-        t.start()
-    # Both replicas at their bound (1) until Prometheus has recorded it: what the spill-over panel shows.
-    wait_until(lambda: len(dp.query("fleet:affinity_load:ratio >= 1")) == 2, timeout=120)
-    for t in threads:
-        t.join(300)
+    done = threading.Event()
+
+    def keep_busy() -> None:  # pairs of long generations until Prometheus has seen both replicas busy
+        while not done.is_set():
+            at_once(dp, 2, messages, {})
+
+    started = time.monotonic()
+
+    def both_reached_the_bound() -> bool:  # in what Prometheus recorded since this test started
+        window = int(time.monotonic() - started) + 1
+        try:
+            at = dp.query(f"max_over_time(fleet:affinity_load:ratio[{window}s]) >= 1")
+        except OSError:  # Prometheus, starved by a generating replica, answers late: ask again
+            return False
+        return sorted(r["metric"]["replica"] for r in at) == sorted(r.name for r in dp.replicas)
+
+    busy = threading.Thread(target=keep_busy, daemon=True)
+    busy.start()
+    try:
+        # Each replica at its bound (1) at some scrape: what the load and spill-over panels show. Not
+        # both at one scrape: a replica busy generating often answers a scrape too late (see `at_once`).
+        wait_until(both_reached_the_bound, timeout=240, interval=1)
+    finally:
+        done.set()
+        busy.join(300)
     time.sleep(3 * dp.cfg.monitoring.scrape_interval_s + 1)
     empty = [e for e in affinity if not dp.query(e)]
     assert not empty, "panels without data:\n" + "\n".join(empty)
-    spill = dp.query("max_over_time(fleet:affinity_load:ratio[5m])")
-    assert sorted(r["metric"]["replica"] for r in spill) == sorted(r.name for r in dp.replicas), spill

@@ -14,8 +14,11 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def start(cmd: list[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
@@ -138,6 +141,26 @@ def wait_until(condition, timeout: float = 10.0, interval: float = 0.02) -> None
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout} s"
         time.sleep(interval)
+
+
+def logged_after(log_path: Path, send: Callable[[], T], matches: Callable[[str], bool],
+                 timeout: float = 10.0) -> tuple[T, str]:
+    """``send()``'s result and the first line matching ``matches`` that the log gained since.
+
+    Nginx writes a request's access-log line as it finalizes the request, which may trail the
+    client's read of the response; an earlier request's line may arrive later still. So: count the
+    lines, send, and wait for this request's line among the new ones."""
+    before = len(Path(log_path).read_text(errors="replace").splitlines())
+    result = send()
+    found: list[str] = []
+
+    def arrived() -> bool:
+        new = Path(log_path).read_text(errors="replace").splitlines()[before:]
+        found[:] = [line for line in new if matches(line)][:1]
+        return bool(found)
+
+    wait_until(arrived, timeout)
+    return result, found[0]
 
 
 def wait_http(
