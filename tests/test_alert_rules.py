@@ -15,7 +15,7 @@ import yaml
 
 from support.stacks import STACKS, raw_stack, require_tool
 from fleet.config.load import parse_config
-from fleet.render.files import affinity_bound, alert_rules
+from fleet.render.files import AFFINITY_MIN_BOUND, affinity_bound, alert_rules
 from fleet.render.templates import TemplateError, render
 from tests.support.grafana_queries import vllm_exported_series, vllm_series_in
 
@@ -31,6 +31,7 @@ UNIT_TEST_VALUES = {
     # load_balancer.policy prefix_affinity, with two models' bounds
     "affinity_bounds": [{"model": "qwen", "bound": 4}, {"model": "llama", "bound": 8}],
     "affinity_load_factor": 1.25,
+    "affinity_min_bound": AFFINITY_MIN_BOUND,
     "prefix_cache_hit_alert": 0.2,
 }
 ALWAYS = {"vllm-replicas"}
@@ -131,7 +132,8 @@ def test_a_zero_hit_rate_threshold_drops_only_the_hit_rate_alert(promtool, tmp_p
     assert "VllmPrefixCacheHitRateLow" not in alerts(text)
     assert "VllmAffinitySpillOver" in alerts(text)
     assert {r["record"] for r in records(text)} == {"fleet:requests_in_flight:sum", "fleet:affinity_share:ratio",
-                                                    "fleet:affinity_load:ratio", "fleet:prefix_cache_hit:ratio_rate5m"}
+                                                    "fleet:affinity_load:ratio", "fleet:affinity_spilling:bool",
+                                                    "fleet:prefix_cache_hit:ratio_rate5m"}
 
 
 def test_every_alert_has_a_promtool_unit_test_where_it_fires():

@@ -126,7 +126,7 @@ def test_the_queries_read_only_series_our_rules_record(dashboard, affinity_rules
 
 def test_the_spill_over_panel_draws_its_line_where_the_alert_fires(dashboard, affinity_rules):
     (alert,) = [r for g in affinity_rules["groups"] for r in g["rules"] if r.get("alert") == "VllmAffinitySpillOver"]
-    (panel,) = [p for p in panels(dashboard) if p["title"] == "Spill-over: share of time at the bound"]
+    (panel,) = [p for p in panels(dashboard) if p["title"] == "Spill-over: share of time passing conversations on"]
     steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
     assert panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
     assert alert["expr"].strip().endswith(f"> {steps[-1]['value']}"), (alert["expr"], steps)

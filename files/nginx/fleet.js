@@ -225,17 +225,13 @@ function requestedModel(r, body) {
 // Placement is bounded-load consistent hashing (Mirrokni, Thorup and Zadimoghaddam, 2016): the
 // key ranks the model's replicas (rendezvous hashing: a replica's arrival or departure moves only
 // the conversations it takes or held), and the request goes to the first one in that order with
-// fewer than load_factor x the mean requests in flight (+1; MIN_BOUND at least). A hot conversation so spills to its
+// fewer than load_factor x the mean requests in flight (+1; min_bound at least). A hot conversation so spills to its
 // next replica as soon as it loads its own beyond its share, and back when the load drops; the
 // bound follows the fleet's load, whatever it is. The counts live in a shared dictionary
 // (nginx.conf's js_shared_dict_zone), which every worker updates: a request counts from its
 // placement until it is logged (`placed`).
 var PREFIX_CHARS = 2048;
 var PREFIX_TOKENS = 512;
-// The bound never asks a replica to pass on a conversation while it runs fewer than this: a
-// second sequence costs a replica next to nothing, a lost prefix costs its whole prefill (and a
-// request logged a moment after its client got the answer still counts).
-var MIN_BOUND = 2;
 
 function text(value) {
     return typeof value === 'string' ? value : JSON.stringify(value === undefined ? null : value);
@@ -339,7 +335,8 @@ function place(r, key) {
         counts.push(Math.max(0, load.get(order[i]) || 0));
         total += counts[i];
     }
-    var bound = Math.max(MIN_BOUND, Math.ceil(fleet_models.routing.load_factor * (total + 1) / order.length));
+    // min_bound: a replica running fewer passes no conversation on (models.json; see files.py).
+    var bound = Math.max(fleet_models.routing.min_bound, Math.ceil(fleet_models.routing.load_factor * (total + 1) / order.length));
     var rank = 0;
     // Some replica is below: they cannot all hold more than the mean (the guard is for rounding).
     while (counts[rank] >= bound && rank < order.length - 1) {

@@ -35,6 +35,11 @@ DEFAULT_AFFINITY_BOUND = 256
 # Bounded-load consistent hashing's c (Mirrokni, Thorup, Zadimoghaddam 2016; Google's and Vimeo's
 # choice): a replica takes new requests of its own conversations up to 1.25 x the mean in flight.
 DEFAULT_AFFINITY_LOAD_FACTOR = 1.25
+# The load-following bound never asks a replica running fewer than this to pass a conversation on:
+# a second sequence costs a replica next to nothing, a lost prefix its whole prefill (and a request
+# logged a moment after its client got the answer still counts). fleet.js (models.json) and the
+# spill-over rule read it.
+AFFINITY_MIN_BOUND = 2
 
 
 @dataclass
@@ -82,6 +87,7 @@ def nginx_models(cfg: FleetConfig, upstreams: dict[str, list[str]]) -> str:
     routing = {"policy": lb.policy, "session_header": lb.session_header}
     if lb.policy == "prefix_affinity":
         routing["load_factor"] = affinity_load_factor(cfg)
+        routing["min_bound"] = AFFINITY_MIN_BOUND
         routing["fail_timeout_s"] = lb.fail_timeout_s
         routing["replicas"] = {upstream_name(m.name): replica_upstreams(m.name, upstreams[m.name]) for m in cfg.models}
     return json.dumps({"managed_by": HEADER, "routes": routes, "models": cards, "routing": routing}, indent=1) + "\n"
@@ -217,6 +223,7 @@ def alert_rules(cfg: FleetConfig) -> str:
                   queue_alert_threshold=m.queue_alert_threshold, ttft_p99_alert_s=m.ttft_p99_alert_s,
                   gpu_alerts=m.gpu_exporter and cfg.has_gpus, nginx_alerts=m.nginx_exporter,
                   affinity_bounds=bounds, affinity_load_factor=affinity_load_factor(cfg),
+                  affinity_min_bound=AFFINITY_MIN_BOUND,
                   prefix_cache_hit_alert=m.prefix_cache_hit_alert)
 
 
