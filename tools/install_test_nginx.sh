@@ -2,7 +2,7 @@
 # The Nginx the tests and benchmarks run: Debian 13's nginx and njs module (njs >= 0.8, like the
 # pinned image's, for js_shared_dict_zone) unpacked into DEST with the C library they were built
 # against, started through that library's loader, so nothing of the host's system changes.
-# Debian 12's own njs is 0.7.9. Needs apt-get, dpkg and Debian's archive keyring (Debian 12+, amd64).
+# Debian 12's own njs is 0.7.9. Needs apt-get, dpkg and Debian's archive keyring (Debian 12+; packages and loader of the host's architecture).
 #   bash tools/install_test_nginx.sh .tools/nginx   ->  .tools/nginx/bin/nginx
 set -euo pipefail
 dest=$(realpath -m "${1:?usage: install_test_nginx.sh DEST}")
